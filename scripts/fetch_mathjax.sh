@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=3.2.2
-dest=_static/mathjax
+dest=_assets/mathjax
 if [ -f "$dest/tex-chtml.js" ]; then exit 0; fi
 command -v npm >/dev/null || { echo "fetch_mathjax: npm is needed to fetch mathjax@$version (apt-get install npm), or copy MathJax 3's es5/ folder to $dest" >&2; exit 1; }
 tmp=$(mktemp -d)
