@@ -1,0 +1,82 @@
+"""The experiment registry and stored results with provenance."""
+
+import json
+
+import pytest
+
+from sokit import experiments
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOKIT_RESULTS", str(tmp_path))
+    monkeypatch.delenv("SOKIT_RERUN", raising=False)
+    monkeypatch.delenv("SOKIT_PROFILE", raising=False)
+    calls = []
+
+    def run(config):
+        calls.append(config)
+        return {"value": config["x"] * 2}
+
+    exp = experiments.Experiment("toy_test", "a toy", {"smoke": {"x": 1}, "quick": {"x": 2}}, run)
+    experiments.register(exp)
+    yield exp, calls, tmp_path
+    experiments._REGISTRY.pop("toy_test", None)
+
+
+def test_load_or_run_stores_then_reuses(toy):
+    exp, calls, root = toy
+    rec = experiments.load_or_run("toy_test")
+    assert rec["profile"] == "smoke" and rec["results"] == {"value": 2}
+    stored = json.loads((root / "toy_test" / "smoke.json").read_text())
+    assert stored == rec
+    prov = stored["provenance"]
+    for key in ("commit", "sokit_version", "torch_version", "device", "started", "wall_clock_s"):
+        assert key in prov
+    assert experiments.load_or_run("toy_test") == rec
+    assert len(calls) == 1
+
+
+def test_changed_config_is_rerun(toy):
+    exp, calls, root = toy
+    experiments.load_or_run("toy_test")
+    path = root / "toy_test" / "smoke.json"
+    rec = json.loads(path.read_text())
+    rec["config"] = {"x": 99}
+    path.write_text(json.dumps(rec))
+    assert experiments.load_or_run("toy_test")["config"] == {"x": 1}
+    assert len(calls) == 2
+
+
+def test_rerun_env_and_profile_env(toy, monkeypatch):
+    exp, calls, root = toy
+    experiments.load_or_run("toy_test")
+    monkeypatch.setenv("SOKIT_RERUN", "1")
+    experiments.load_or_run("toy_test")
+    assert len(calls) == 2
+    monkeypatch.setenv("SOKIT_PROFILE", "quick")
+    monkeypatch.delenv("SOKIT_RERUN")
+    assert experiments.load_or_run("toy_test")["results"] == {"value": 4}
+    monkeypatch.setenv("SOKIT_PROFILE", "huge")
+    with pytest.raises(ValueError, match="not a profile"):
+        experiments.load_or_run("toy_test")
+
+
+def test_unknown_names_and_profiles_are_explained(toy):
+    with pytest.raises(KeyError, match="known experiments"):
+        experiments.load_or_run("no_such_experiment")
+    with pytest.raises(ValueError, match="has no profile 'full'"):
+        experiments.load_or_run("toy_test", profile="full")
+    with pytest.raises(ValueError, match="unknown profiles"):
+        experiments.Experiment("bad", "", {"medium": {}}, lambda c: {})
+
+
+def test_registry_imports_registry_package():
+    exps = experiments.registry()
+    assert all(isinstance(e, experiments.Experiment) for e in exps.values())
+
+
+def test_results_dir_defaults_to_repository(monkeypatch):
+    monkeypatch.delenv("SOKIT_RESULTS", raising=False)
+    assert experiments.results_dir().name == "results"
+    assert (experiments.results_dir().parent / "sokit" / "__init__.py").exists()
