@@ -1,0 +1,124 @@
+"""Population training (sokit.population) against separate single-model SGD runs."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sokit.models import autoencoder, mlp
+from sokit.population import Population, population_loss, train_population
+from sokit.losses import mse_sum, cross_entropy
+
+
+def _batches(n, B, n_in, n_out, seed, labels=False):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randn(B, n_in, generator=g, dtype=torch.float64)
+        y = torch.randint(0, n_out, (B,), generator=g) if labels else torch.rand(B, n_out, generator=g, dtype=torch.float64)
+        yield x, y
+
+
+@pytest.mark.parametrize("loss,acts,out", [("mse_sum", "sigmoid", "sigmoid"), ("cross_entropy", "relu", "linear")])
+def test_population_equals_separate_sgd_runs(loss, acts, out):
+    sizes = [6, 5, 4, 3]
+    lrs = [0.05, 0.2, 0.5, 1.0]
+    models = []
+    for i, prescale in enumerate([0.5, 1.0, 4.0, 16.0]):
+        torch.manual_seed(100 + i)
+        models.append(mlp(sizes, acts, out, prescale=prescale).double())
+    pop = Population.from_models(models, lrs, loss=loss)
+    batches = list(_batches(15, 8, sizes[0], sizes[-1], seed=3, labels=loss == "cross_entropy"))
+    res = train_population(pop, batches, updates=len(batches))
+    loss_fn = mse_sum if loss == "mse_sum" else cross_entropy
+    for i, (m, lr) in enumerate(zip(models, lrs)):
+        opt = torch.optim.SGD(m.parameters(), lr=lr)
+        ref = []
+        for x, y in batches:
+            opt.zero_grad()
+            l = loss_fn(m(x), y)
+            l.backward()
+            opt.step()
+            ref.append(l.detach())
+        torch.testing.assert_close(res["minibatch_loss"][:, i], torch.stack(ref))
+        for p_pop, p_ref in zip(pop.member(i).parameters(), m.parameters()):
+            torch.testing.assert_close(p_pop, p_ref)
+    assert not res["diverged"].any()
+
+
+def test_population_loss_matches_sokit_losses():
+    out = torch.randn(3, 7, 5, dtype=torch.float64)
+    y = torch.rand(7, 5, dtype=torch.float64)
+    torch.testing.assert_close(population_loss(out, y, "mse_sum"), torch.stack([mse_sum(o, y) for o in out]))
+    lab = torch.randint(0, 5, (7,))
+    torch.testing.assert_close(population_loss(out, lab, "cross_entropy"),
+                               torch.stack([cross_entropy(o, lab) for o in out]))
+
+
+def test_init_matches_thesis_scale_and_seeds():
+    sizes = [400, 300, 10]
+    pop = Population.init(sizes, ["sigmoid", "linear"], lr=[0.1] * 3, prescale=[1.0, 16.0, 16.0], seeds=[0, 1, 1])
+    var = pop.weights[0].var(dim=(1, 2))
+    torch.testing.assert_close(var * 400, torch.tensor([1.0, 16.0, 16.0]), rtol=0.02, atol=0)
+    torch.testing.assert_close(pop.weights[1][1], pop.weights[1][2])  # same seed, same prescale
+    assert not torch.equal(pop.weights[1][0] * 4, pop.weights[1][1])  # different seed
+    assert (torch.cat([b.flatten() for b in pop.biases]) == 0).all()
+
+
+def test_a_third_diverge_frozen_and_reported_others_improve():
+    P = 9
+    sizes = [10, 20, 20, 10]
+    lr = [0.02] * P
+    diverging = [1, 4, 7]
+    for i in diverging:
+        lr[i] = 1e4
+    pop = Population.init(sizes, ["relu", "relu", "linear"], lr=lr, prescale=[2.0] * P, seeds=range(P),
+                          dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(10, 10, generator=g, dtype=torch.float64) / 3
+    def batches():
+        while True:
+            x = torch.randn(32, 10, generator=g, dtype=torch.float64)
+            yield x, x @ A
+    ex = torch.randn(500, 10, generator=g, dtype=torch.float64)
+    before = pop.losses(ex, ex @ A)
+    res = train_population(pop, batches(), updates=200, eval_data=(ex, ex @ A))
+    assert res["diverged"].nonzero().flatten().tolist() == diverging
+    assert (res["diverged_at"][diverging] >= 0).all() and (res["diverged_at"][[0, 2, 3, 5, 6, 8]] == -1).all()
+    final = res["final_loss"]
+    assert torch.isnan(final[diverging]).all()
+    alive = [i for i in range(P) if i not in diverging]
+    assert torch.isfinite(final[alive]).all()
+    assert (final[alive] < 0.5 * before[alive]).all()
+    # frozen members hold finite parameters: the NaN stayed out of the state
+    for p in pop.parameters():
+        assert torch.isfinite(p).all()
+    # the losses recorded after divergence are NaN, the live members' are finite throughout
+    mb = res["minibatch_loss"]
+    assert torch.isfinite(mb[:, alive]).all()
+    for i in diverging:
+        assert torch.isnan(mb[res["diverged_at"][i]:, i]).all()
+
+
+def test_shared_and_per_member_inputs_agree():
+    pop = Population.init([4, 3, 2], ["tanh", "linear"], lr=[0.1, 0.1], prescale=[1.0, 2.0], seeds=[0, 1])
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(pop.forward(x), pop.forward(x.expand(2, 5, 4).clone()))
+
+
+def test_member_roundtrip_and_bad_input():
+    torch.manual_seed(0)
+    m = autoencoder(prescale=3.0)
+    pop = Population.from_models([m], [0.1])
+    x = torch.rand(2, 784)
+    torch.testing.assert_close(pop.forward(x)[0], m(x))
+    torch.testing.assert_close(pop.member(0)(x), m(x))
+    with pytest.raises(ValueError, match="one learning rate per member"):
+        Population.from_models([m], [0.1, 0.2])
+    with pytest.raises(ValueError, match="unsupported module"):
+        Population.from_models([nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))], [0.1])
+    with pytest.raises(ValueError, match="unknown loss"):
+        Population.from_models([m], [0.1], loss="hinge")
+    with pytest.raises(ValueError, match="CUDA"):
+        from sokit.population import cuda_graph_step
+        cuda_graph_step(pop, (2, 784), (2, 784))
