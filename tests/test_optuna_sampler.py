@@ -1,0 +1,84 @@
+"""BiasedRandomSampler: Algorithm 1 as an Optuna sampler."""
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+
+from sokit.optuna_sampler import BiasedRandomSampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def quadratic(trial):
+    x = trial.suggest_float("lr", 1e-7, 1e2, log=True)
+    y = trial.suggest_float("prescale", 10, 20)
+    return (math.log10(x) + 2) ** 2 + ((y - 15) / 2) ** 2
+
+
+def mixed(trial):
+    k = trial.suggest_int("k", 1, 4)
+    s = trial.suggest_float("s", 0.0, 1.0, step=0.25)
+    m = trial.suggest_int("m", 1, 1000, log=True)
+    c = trial.suggest_categorical("act", ["relu", "tanh"])
+    return k + s + math.log(m) + (c == "tanh")
+
+
+def test_samples_in_bounds_all_kinds():
+    study = optuna.create_study(sampler=BiasedRandomSampler(seed=0))
+    study.optimize(mixed, n_trials=60)
+    p = [t.params for t in study.trials]
+    assert {q["k"] for q in p} == {1, 2, 3, 4}
+    assert set(q["s"] for q in p) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert all(1 <= q["m"] <= 1000 and isinstance(q["m"], int) for q in p)
+    assert {q["act"] for q in p} == {"relu", "tanh"}
+    assert study.sampler.rejections > 0  # the numeric part was biased
+
+
+def test_seeded_reproducible():
+    runs = []
+    for seed in (3, 3, 4):
+        study = optuna.create_study(sampler=BiasedRandomSampler(seed=seed))
+        study.optimize(quadratic, n_trials=25)
+        runs.append([t.params for t in study.trials])
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_maximize_direction_is_respected():
+    study = optuna.create_study(direction="maximize", sampler=BiasedRandomSampler(seed=0))
+    study.optimize(lambda t: -quadratic(t), n_trials=80)
+    lr = np.log10([t.params["lr"] for t in study.trials[20:]])
+    assert np.mean(np.abs(lr + 2) < 1.5) > 0.4  # concentrates near the maximum, not away from it
+
+
+def test_beats_random_sampler_on_a_quadratic():
+    best = {"biased": [], "random": []}
+    frac = {"biased": [], "random": []}
+    for seed in range(15):
+        for name, sampler in (("biased", BiasedRandomSampler(seed=seed)), ("random", optuna.samplers.RandomSampler(seed=seed))):
+            study = optuna.create_study(sampler=sampler)
+            study.optimize(quadratic, n_trials=60)
+            best[name].append(study.best_value)
+            lr = np.log10([t.params["lr"] for t in study.trials[20:]])
+            frac[name].append(np.mean(np.abs(lr + 2) < 1.5))
+    assert np.mean(best["biased"]) < 0.75 * np.mean(best["random"])
+    assert np.mean(frac["biased"]) > np.mean(frac["random"]) + 0.05
+
+
+def test_failed_trials_count_as_worst_and_do_not_stop_the_study():
+    def sometimes_fails(trial):
+        v = quadratic(trial)
+        if trial.params["prescale"] > 18:
+            raise RuntimeError("out of memory")
+        return v
+    study = optuna.create_study(sampler=BiasedRandomSampler(seed=1))
+    study.optimize(sometimes_fails, n_trials=40, catch=(RuntimeError,))
+    states = [t.state for t in study.trials]
+    assert len(states) == 40 and optuna.trial.TrialState.FAIL in states
+
+
+def test_multi_objective_is_refused():
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=BiasedRandomSampler(seed=0))
+    with pytest.raises(ValueError, match="single-objective"):
+        study.optimize(lambda t: (quadratic(t), 0.0), n_trials=2)
