@@ -270,7 +270,7 @@ def train(
             _sync(device)
             clock = time.perf_counter()
     bar.close()
-    done = curve["diverged_at"] if curve["diverged"] else step
+    done = curve["diverged_at"] - 1 if curve["diverged"] else step
     values = minibatch[:done].cpu().numpy().astype(np.float64)
     mb, window = _subsample(values)
     if curve["diverged"]:
