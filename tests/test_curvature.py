@@ -6,7 +6,14 @@ from torch import nn
 
 from sokit import curvature as cv
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def mse_sum(out, y):

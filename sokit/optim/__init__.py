@@ -1,0 +1,36 @@
+"""Factorized second-order optimizers of thesis chapter 6 (and UBP, chapter 5).
+
+Each method exists as a *preconditioner* that rewrites the ``.grad`` of every
+``nn.Linear`` in place (use it before any ``torch.optim`` optimizer) and as an
+optimizer with the thesis's plain ``theta <- theta - lr * direction`` step:
+
+============================  =================================  ==========================
+method                        preconditioner                     optimizer
+============================  =================================  ==========================
+centered GD (Algorithm 3)     :class:`CenteredPreconditioner`    :class:`CenteredGD`
+ACP (Algorithm 4)             :class:`ACPPreconditioner`         :class:`ACP`
+KFAC, GN or Fisher (6.4.1)    :class:`KFACPreconditioner`        :class:`KFAC`
+============================  =================================  ==========================
+
+Natural Neural Networks (:mod:`sokit.optim.nnn`) and UBP (:mod:`sokit.optim.ubp`)
+live in their own modules.
+"""
+
+from .acp import ACP, ACPPreconditioner
+from .amortization import AdaptiveAmortization, FixedAmortization
+from .centered import CenteredGD, CenteredPreconditioner
+from .hooks import LinearHooks, UnsupportedLayerError
+from .kfac import KFAC, KFACPreconditioner
+
+__all__ = [
+    "ACP",
+    "ACPPreconditioner",
+    "AdaptiveAmortization",
+    "CenteredGD",
+    "CenteredPreconditioner",
+    "FixedAmortization",
+    "KFAC",
+    "KFACPreconditioner",
+    "LinearHooks",
+    "UnsupportedLayerError",
+]

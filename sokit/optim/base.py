@@ -1,0 +1,128 @@
+"""Shared machinery of the layer-wise preconditioners and their SGD optimizers.
+
+A *preconditioner* (``CenteredPreconditioner``, ``ACPPreconditioner``,
+``KFACPreconditioner``) attaches :class:`~sokit.optim.hooks.LinearHooks` to a model;
+after ``loss.backward()`` its :meth:`precondition` rewrites each ``nn.Linear``'s
+``weight.grad`` and ``bias.grad`` in place with the preconditioned direction, so
+that any ``torch.optim`` optimizer can take the step. :class:`PreconditionedSGD` is
+the thesis's form of each method: preconditioned direction times a learning rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .amortization import AdaptiveAmortization, FixedAmortization, as_schedule
+from .hooks import LayerRecord, LinearHooks
+
+
+class LayerPreconditioner:
+    """Base class: hooks, an amortization schedule and an update counter."""
+
+    def __init__(self, model: nn.Module,
+                 amortization: int | FixedAmortization | AdaptiveAmortization = 1,
+                 skip_unsupported: bool = False, reduction: str = "mean") -> None:
+        self.model = model
+        self.hooks = LinearHooks(model, skip_unsupported=skip_unsupported, reduction=reduction)
+        self.schedule = as_schedule(amortization)
+        self.n_updates = 0
+
+    @property
+    def layers(self) -> list[LayerRecord]:
+        return self.hooks.layers
+
+    def active(self) -> list[tuple[int, LayerRecord]]:
+        """Layers that took part in the last forward pass and have a gradient."""
+        self.hooks.check_one_forward()
+        return [(i, r) for i, r in enumerate(self.layers)
+                if r.h is not None and r.module.weight.grad is not None]
+
+    @staticmethod
+    def grads(rec: LayerRecord) -> tuple[Tensor, Tensor]:
+        """``(dR/dW, dR/db)``; for a layer without bias ``dR/db`` is ``sum_i dl/da_i``."""
+        m = rec.module
+        if m.bias is not None and m.bias.grad is not None:
+            return m.weight.grad, m.bias.grad
+        if rec.g is None:
+            raise RuntimeError(f"layer {rec.name!r}: no backward pass was recorded")
+        return m.weight.grad, rec.g.sum(0)
+
+    @staticmethod
+    def write(rec: LayerRecord, dW: Tensor, db: Tensor) -> None:
+        """Replace the layer's gradients by the preconditioned direction."""
+        rec.module.weight.grad.copy_(dW)
+        if rec.module.bias is not None and rec.module.bias.grad is not None:
+            rec.module.bias.grad.copy_(db)
+
+    def precondition(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        self.n_updates += 1
+        self.hooks.clear()
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n_updates": self.n_updates, "schedule": self.schedule.state_dict(),
+                **self._state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n_updates = state["n_updates"]
+        self.schedule.load_state_dict(state["schedule"])
+        self._load_state(state)
+
+    def remove(self) -> None:
+        """Detach the hooks from the model."""
+        self.hooks.remove()
+
+
+def clone_tensors(d: dict[int, Tensor]) -> dict[int, Tensor]:
+    return {k: v.detach().clone() for k, v in d.items()}
+
+
+class PreconditionedSGD:
+    """``theta <- theta - lr * P(grad)``: a preconditioner followed by plain SGD.
+
+    Parameters outside the preconditioned ``nn.Linear`` layers (skipped layers) get
+    the plain SGD step. Same interface as a ``torch.optim`` optimizer (``step``,
+    ``zero_grad``, ``state_dict``, ``load_state_dict``), plus ``curvature_backward``
+    when the preconditioner needs an extra backward pass (KFAC).
+    """
+
+    def __init__(self, preconditioner: LayerPreconditioner, lr: float) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        self.preconditioner = preconditioner
+        self.lr = lr
+        self.params = [p for p in preconditioner.model.parameters() if p.requires_grad]
+        if hasattr(preconditioner, "curvature_backward"):
+            self.curvature_backward = preconditioner.curvature_backward
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.preconditioner.precondition()
+        for p in self.params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-self.lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "preconditioner": self.preconditioner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr = state["lr"]
+        self.preconditioner.load_state_dict(state["preconditioner"])

@@ -1,0 +1,248 @@
+"""KFAC (Martens & Grosse 2015, thesis section 6.4.1): Gauss-Newton and Fisher variants.
+
+For a layer ``a = W h + b`` with ``theta = vec([W b])`` (column-major), the block of the
+Gauss-Newton matrix / Fisher (eq 6.2.2) is a mean of Kronecker products; KFAC replaces
+it by the product of the means
+
+    A = E[(h; 1)(h; 1)^T]          ((n_in + 1) x (n_in + 1), forward statistics)
+    G = E[J_a^T D J_a]             (n_out x n_out, backward statistics)
+
+and steps along ``(A kron G)^-1 grad = vec(G^-1 [dW db] A^-1)``. ``G`` is estimated by
+back-propagating per-example vectors ``v_i`` with ``E[v_i v_i^T] = D_i`` from the
+network output (``g_i = J_a^T v_i``, ``G = (1/B) sum_i g_i g_i^T``):
+
+* ``curvature="fisher"`` (natural gradient): ``v_i`` is the loss gradient at a target
+  sampled from the model's predictive distribution, ``y ~ N(f, I/2)`` for ``"mse"``
+  (``||f - y||^2 = -log N(y; f, I/2) + const``, so ``D = 2 I``, the GN of that loss) and
+  ``y ~ softmax(f)`` for ``"cross_entropy"`` (``D = diag(p) - p p^T``).
+* ``curvature="gauss_newton"``: for ``"mse"``, ``D = 2 I``: ``v = sqrt(2) r`` with ``r``
+  Rademacher (``gn_probes="rademacher"``, one backward pass, unbiased) or the columns of
+  ``sqrt(2) I`` (``gn_probes="exact"``, one pass per output: exact, for small outputs);
+  for ``"cross_entropy"``, the thesis's GN with the softmax probabilities as the network
+  output (section 3.4, eq 3.4.1): ``D = e_t e_t^T / p_t^2`` for the true class ``t``,
+  so ``J_a^T D J_a`` is the outer product of the TRUE-label gradient ``nabla_{a_i} l``,
+  which the main backward already gives: no extra pass.
+
+For ``"mse"`` the two variants have the same ``G`` in expectation (the thesis: the
+Fisher and GN coincide for the quadratic loss); they differ only in the probes.
+
+Damping ``gamma`` (Tikhonov, section 3.1.3) is split over the factors:
+``damping="pi"`` (default, Martens & Grosse section 6.3): ``A + pi sqrt(gamma) I`` and
+``G + sqrt(gamma)/pi I`` with ``pi = sqrt((tr A / dim A) / (tr G / dim G))`` (traces
+floored at 1e-12 so a dead layer stays finite); ``damping="plain"``: ``A + sqrt(gamma) I``
+and ``G + sqrt(gamma) I``. Factors are estimated from the current minibatch and
+inverted (batched Cholesky) every ``amortization`` updates, as in the thesis's
+experiments (section 6.5.2); there is no running average.
+
+Extra backward pass: the train loop calls :meth:`KFACPreconditioner.curvature_backward`
+``(output, loss)`` after the forward pass and before ``loss.backward()``; on refresh
+steps it back-propagates the probes with ``torch.autograd.grad`` (``.grad`` untouched).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .amortization import AdaptiveAmortization, FixedAmortization
+from .base import LayerPreconditioner, PreconditionedSGD, clone_tensors
+from .hooks import LayerRecord
+from .linalg import damped_inverses
+
+__all__ = ["KFACPreconditioner", "KFAC", "input_factor", "factor_dampings"]
+
+LOSSES = ("mse", "cross_entropy")
+CURVATURES = ("fisher", "gauss_newton")
+
+
+def input_factor(h: Tensor, bias: bool = True) -> Tensor:
+    """``A = E[(h; 1)(h; 1)^T]`` (or ``E[h h^T]`` for a layer without bias)."""
+    if bias:
+        h = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
+    return h.T @ h / h.shape[0]
+
+
+def factor_dampings(A: Tensor, G: Tensor, gamma: float, damping: str) -> tuple[Tensor, Tensor]:
+    """The damping added to ``A`` and to ``G`` for a total Tikhonov ``gamma``."""
+    root = math.sqrt(gamma)
+    if damping == "plain":
+        one = torch.ones((), dtype=A.dtype, device=A.device)
+        return root * one, root * one
+    tA = (torch.diagonal(A).sum() / A.shape[0]).clamp_min(1e-12)
+    tG = (torch.diagonal(G).sum() / G.shape[0]).clamp_min(1e-12)
+    pi = torch.sqrt(tA / tG)
+    return pi * root, root / pi
+
+
+class KFACPreconditioner(LayerPreconditioner):
+    """KFAC as a preconditioner: :meth:`precondition` rewrites ``.grad`` in place.
+
+    ``KFACPreconditioner(model, loss="mse", curvature="fisher", damping=1e-3,
+    damping_split="pi", amortization=100, gn_probes="rademacher", seed=0)``.
+    """
+
+    def __init__(self, model: nn.Module, loss: str = "mse", curvature: str = "fisher",
+                 damping: float = 1e-3, damping_split: str = "pi",
+                 amortization: int | FixedAmortization | AdaptiveAmortization = 100,
+                 gn_probes: str = "rademacher", seed: int = 0,
+                 skip_unsupported: bool = False, reduction: str = "mean") -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        if not damping > 0:
+            raise ValueError(f"damping must be positive (keeps the factors invertible), "
+                             f"got {damping!r}")
+        if damping_split not in ("pi", "plain"):
+            raise ValueError(f"damping_split must be 'pi' or 'plain', got {damping_split!r}")
+        if gn_probes not in ("rademacher", "exact"):
+            raise ValueError(f"gn_probes must be 'rademacher' or 'exact', got {gn_probes!r}")
+        super().__init__(model, amortization, skip_unsupported, reduction)
+        self.loss, self.curvature, self.damping = loss, curvature, damping
+        self.damping_split, self.gn_probes, self.seed = damping_split, gn_probes, seed
+        self.generator: torch.Generator | None = None
+        self.A: dict[int, Tensor] = {}  # undamped factors of the last refresh
+        self.G: dict[int, Tensor] = {}
+        self.inv_a: dict[int, Tensor] = {}  # damped inverses
+        self.inv_g: dict[int, Tensor] = {}
+        self._plan: list[int] | None = None
+        self._probed = False
+        self._g_sums: dict[int, Tensor] = {}
+
+    @property
+    def uses_main_gradient(self) -> bool:
+        """True when ``G`` comes from the true-label gradient (GN, cross-entropy)."""
+        return self.curvature == "gauss_newton" and self.loss == "cross_entropy"
+
+    def plan(self) -> list[int]:
+        """Indices of the layers refreshed at this update (asked once per update)."""
+        if self._plan is None:
+            self.hooks.check_one_forward()
+            self._plan = [i for i, r in enumerate(self.layers)
+                          if r.h is not None and self.schedule.due(self.n_updates, i, r.h)]
+        return self._plan
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self.generator is None or self.generator.device != device:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generator
+
+    def probes(self, output: Tensor) -> list[Tensor]:
+        """Vectors ``v`` (one or more batches) with ``E[v v^T] = D`` to back-propagate."""
+        f = output.detach()
+        gen = self._generator(f.device)
+        if self.loss == "cross_entropy":
+            if self.curvature == "gauss_newton":
+                return []
+            p = torch.softmax(f, dim=1)
+            y = torch.multinomial(p, 1, generator=gen).squeeze(1)
+            return [p - nn.functional.one_hot(y, p.shape[1]).to(p.dtype)]
+        if self.curvature == "gauss_newton" and self.gn_probes == "exact":
+            eye = math.sqrt(2.0) * torch.eye(f.shape[1], dtype=f.dtype, device=f.device)
+            return [eye[c].expand_as(f) for c in range(f.shape[1])]
+        if self.curvature == "gauss_newton":
+            r = torch.randint(0, 2, f.shape, generator=gen, device=f.device).to(f.dtype)
+            return [math.sqrt(2.0) * (2 * r - 1)]
+        eps = torch.randn(f.shape, generator=gen, dtype=f.dtype, device=f.device)
+        return [math.sqrt(2.0) * eps]  # 2 (f - y) with y = f - eps / sqrt(2) ~ N(f, I/2)
+
+    def curvature_backward(self, output: Tensor, loss: str | None = None) -> None:
+        """Back-propagate the probes on refresh updates; leaves ``.grad`` untouched."""
+        if loss is not None and loss != self.loss:
+            raise ValueError(f"KFAC was built for loss {self.loss!r} but the train loop "
+                             f"uses {loss!r}; pass loss={loss!r} to the constructor")
+        if output.dim() != 2:
+            raise ValueError(f"KFAC expects a (batch, outputs) network output, got shape "
+                             f"{tuple(output.shape)}")
+        due = self.plan()
+        if not due or self.uses_main_gradient:
+            return
+        weights = [self.layers[i].module.weight for i in due]
+        sums: dict[int, Tensor] = {}
+        with self.hooks.curvature_pass():
+            for v in self.probes(output):
+                torch.autograd.grad(output, weights, grad_outputs=v, retain_graph=True)
+                for i in due:
+                    gc = self.layers[i].g_curvature
+                    sums[i] = sums.get(i, 0) + gc.T @ gc
+        self._g_sums = {i: s / output.shape[0] for i, s in sums.items()}
+        self._probed = True
+
+    def backward_factor(self, i: int, rec: LayerRecord) -> Tensor:
+        if self.uses_main_gradient:
+            g = self.hooks.per_example(rec)
+            return g.T @ g / g.shape[0]
+        if not self._probed:
+            raise RuntimeError(
+                "KFAC needs its curvature pass on refresh updates: call "
+                "curvature_backward(output, loss) after the forward pass and before "
+                "loss.backward() (sokit.train.train does this)"
+            )
+        return self._g_sums[i]
+
+    @torch.no_grad()
+    def refresh(self, due: list[int]) -> None:
+        """Recompute the damped factor inverses of the given layers."""
+        if not due:
+            return
+        As, Gs, dA, dG = [], [], [], []
+        for i in due:
+            rec = self.layers[i]
+            A = input_factor(rec.h, rec.module.bias is not None)
+            G = self.backward_factor(i, rec)
+            a, g = factor_dampings(A, G, self.damping, self.damping_split)
+            As.append(A), Gs.append(G), dA.append(a), dG.append(g)
+        for k, (ia, ig) in enumerate(zip(damped_inverses(As, dA), damped_inverses(Gs, dG))):
+            i = due[k]
+            self.A[i], self.G[i], self.inv_a[i], self.inv_g[i] = As[k], Gs[k], ia, ig
+            self.schedule.refreshed(self.n_updates, i, self.layers[i].h)
+
+    @torch.no_grad()
+    def precondition(self) -> None:
+        active = self.active()
+        self.refresh(self.plan())
+        for i, rec in active:
+            gW, gb = self.grads(rec)
+            has_bias = rec.module.bias is not None
+            X = torch.cat([gW, gb[:, None]], dim=1) if has_bias else gW
+            D = self.inv_g[i] @ X @ self.inv_a[i]
+            self.write(rec, D[:, : gW.shape[1]], D[:, -1] if has_bias else gb)
+        self.finish()
+
+    def finish(self) -> None:
+        self._plan, self._probed, self._g_sums = None, False, {}
+        super().finish()
+
+    def _state(self) -> dict[str, Any]:
+        return {"A": clone_tensors(self.A), "G": clone_tensors(self.G),
+                "inv_a": clone_tensors(self.inv_a), "inv_g": clone_tensors(self.inv_g),
+                "generator": None if self.generator is None else self.generator.get_state()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.A, self.G = clone_tensors(state["A"]), clone_tensors(state["G"])
+        self.inv_a = clone_tensors(state["inv_a"])
+        self.inv_g = clone_tensors(state["inv_g"])
+        if state["generator"] is not None:
+            device = next(iter(self.inv_a.values())).device if self.inv_a else "cpu"
+            self.generator = torch.Generator(device=device)
+            self.generator.set_state(state["generator"])
+
+
+class KFAC(PreconditionedSGD):
+    """KFAC with a learning rate: ``KFAC(model, lr, loss="mse", curvature="fisher", ...)``.
+
+    Takes ``theta <- theta - lr (A kron G + damping)^-1 grad`` (factored) with the
+    arguments of :class:`KFACPreconditioner`.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, loss: str = "mse",
+                 curvature: str = "fisher", damping: float = 1e-3, damping_split: str = "pi",
+                 amortization: int | FixedAmortization | AdaptiveAmortization = 100,
+                 gn_probes: str = "rademacher", seed: int = 0,
+                 skip_unsupported: bool = False, reduction: str = "mean") -> None:
+        super().__init__(KFACPreconditioner(model, loss, curvature, damping, damping_split,
+                                            amortization, gn_probes, seed, skip_unsupported,
+                                            reduction), lr)
