@@ -128,9 +128,12 @@ class ACPPreconditioner(LayerPreconditioner):
         self.finish()
 
     def _state(self) -> dict[str, Any]:
-        return {"inv_c": clone_tensors(self.inv_c)}
+        return {"eps": self.eps, "alpha": self.alpha, "alpha_floor": self.alpha_floor,
+                "bias_correction": self.bias_correction, "inv_c": clone_tensors(self.inv_c)}
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        self.eps, self.alpha = state["eps"], state["alpha"]
+        self.alpha_floor, self.bias_correction = state["alpha_floor"], state["bias_correction"]
         self.inv_c = clone_tensors(state["inv_c"])
 
 

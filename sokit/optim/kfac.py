@@ -217,11 +217,15 @@ class KFACPreconditioner(LayerPreconditioner):
         super().finish()
 
     def _state(self) -> dict[str, Any]:
-        return {"A": clone_tensors(self.A), "G": clone_tensors(self.G),
+        return {"loss": self.loss, "curvature": self.curvature, "damping": self.damping,
+                "damping_split": self.damping_split, "gn_probes": self.gn_probes,
+                "seed": self.seed, "A": clone_tensors(self.A), "G": clone_tensors(self.G),
                 "inv_a": clone_tensors(self.inv_a), "inv_g": clone_tensors(self.inv_g),
                 "generator": None if self.generator is None else self.generator.get_state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        for key in ("loss", "curvature", "damping", "damping_split", "gn_probes", "seed"):
+            setattr(self, key, state[key])
         self.A, self.G = clone_tensors(state["A"]), clone_tensors(state["G"])
         self.inv_a = clone_tensors(state["inv_a"])
         self.inv_g = clone_tensors(state["inv_g"])

@@ -1,0 +1,210 @@
+"""ACP (Algorithm 4) against the dense G_in inverse (eq 6.2.3), the local criterion
+(section 6.1) and its brute-force least-squares solution; robustness and state."""
+
+import pytest
+import torch
+from torch import nn
+
+from sokit import curvature as cv
+from sokit.optim import ACP, ACPPreconditioner
+from sokit.optim.acp import acp_direction, covariance
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def mse_sum(out, y):
+    return ((out - y) ** 2).sum(dim=1).mean()
+
+
+def net(seed=0, sizes=(4, 5, 3)):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(sizes[0], sizes[1]), nn.Sigmoid(), nn.Linear(sizes[1], sizes[2]))
+
+
+def dense_g_in_step(A, alpha, eps, grad_thesis, n_in):
+    """(A kron alpha I + eps I_W)^-1 grad, theta = vec([W b]) column-major (eq 6.2.3).
+
+    The Tikhonov term damps the weight block only: the local criterion penalizes
+    ||Delta W||^2 alone, and then the Schur complement is exactly C + eps/alpha I.
+    """
+    n_out = grad_thesis.numel() // (n_in + 1)
+    G_in = torch.kron(A, alpha * torch.eye(n_out))
+    damp = torch.cat([torch.ones(n_in * n_out), torch.zeros(n_out)])
+    return torch.linalg.solve(G_in + eps * torch.diag(damp), grad_thesis)
+
+
+@pytest.mark.parametrize("alpha", [0.7, "heuristic"])
+def test_acp_equals_dense_inverse_of_g_in(alpha):
+    m = net()
+    x, y = torch.randn(8, 4), torch.randn(8, 3)
+    # independent alpha heuristic: per-example preactivation gradients by single backward
+    alphas = []
+    for layer in (m[0], m[2]):
+        per = []
+        for i in range(8):
+            a = torch.zeros(1, layer.out_features, requires_grad=True)
+            handle = layer.register_forward_hook(lambda mod, inp, out: out + a)
+            mse_sum(m(x[i : i + 1]), y[i : i + 1]).backward(inputs=[a])
+            handle.remove()
+            per.append(a.grad[0])
+        alphas.append(float(torch.stack(per).pow(2).max()) if alpha == "heuristic" else alpha)
+    m.zero_grad()
+    pre = ACPPreconditioner(m, eps=0.05, alpha=alpha, amortization=1)
+    mse_sum(m(x), y).backward()
+    grad = cv.flat_grad(m)
+    pre.precondition()
+    step = cv.flat_grad(m)
+    for layer, a in zip((m[0], m[2]), alphas):
+        h = cv.layer_inputs(m, layer, x)
+        h1 = torch.cat([h, torch.ones(8, 1)], dim=1)
+        A = h1.T @ h1 / 8
+        expect = dense_g_in_step(A, a, 0.05, cv.layer_vector(grad, m, layer, "thesis"),
+                                 layer.in_features)
+        torch.testing.assert_close(cv.layer_vector(step, m, layer, "thesis"), expect)
+
+
+def local_criterion_closed_form(h, grads, lr, eps):
+    """Section 6.1.1: Delta W (C + eps I) = -lr/n sum_i grad_i (h_i - mean h)^T and
+    Delta b = -lr/n sum_i grad_i - Delta W mean h (grads are per-example nabla_a l)."""
+    n = h.shape[0]
+    C = covariance(h)
+    rhs = -lr / n * grads.T @ (h - h.mean(0))
+    dW = torch.linalg.solve(C + eps * torch.eye(h.shape[1]), rhs.T).T
+    db = -lr * grads.mean(0) - dW @ h.mean(0)
+    return dW, db
+
+
+def local_criterion_lstsq(h, grads, lr, eps):
+    """argmin (1/n) sum_i ||dW h_i + db + lr grad_i||^2 + eps ||dW||^2, by lstsq."""
+    n, n_in = h.shape
+    n_out = grads.shape[1]
+    Z = torch.cat([h, torch.ones(n, 1)], dim=1) / n**0.5
+    reg = torch.cat([eps**0.5 * torch.eye(n_in), torch.zeros(n_in, 1)], dim=1)
+    lhs = torch.cat([Z, reg])
+    rhs = torch.cat([-lr * grads / n**0.5, torch.zeros(n_in, n_out)])
+    X = torch.linalg.lstsq(lhs, rhs).solution  # (n_in + 1, n_out) = [dW b]^T
+    return X[:n_in].T, X[n_in]
+
+
+@pytest.mark.parametrize("batch", [3, 12])  # batch < n_in (singular C) and batch > n_in
+def test_local_criterion_closed_form_equals_acp_and_lstsq(batch):
+    torch.manual_seed(batch)
+    n_in, n_out, lr, alpha, eps = 5, 3, 0.3, 2.0, 0.04
+    h = torch.rand(batch, n_in) + 0.5
+    grads = torch.randn(batch, n_out)  # per-example nabla_a l
+    g = grads / batch  # autograd's dl/da for a mean loss
+    inv_c = torch.linalg.inv(covariance(h) + eps / alpha * torch.eye(n_in))
+    dW, db = acp_direction(g.T @ h, g.sum(0), h, g, inv_c, alpha)
+    # ACP's step -lr (dW, db) is the local criterion with lr/alpha and eps/alpha
+    cW, cb = local_criterion_closed_form(h, grads, lr / alpha, eps / alpha)
+    lW, lb = local_criterion_lstsq(h, grads, lr / alpha, eps / alpha)
+    torch.testing.assert_close(-lr * dW, cW)
+    torch.testing.assert_close(-lr * db, cb)
+    torch.testing.assert_close(cW, lW)
+    torch.testing.assert_close(cb, lb)
+
+
+def test_both_associations_agree_and_bias_options():
+    torch.manual_seed(5)
+    for batch, n_in, n_out in [(2, 6, 7), (50, 6, 7)]:  # activation-first, gradient-first
+        h, g = torch.randn(batch, n_in), torch.randn(batch, n_out)
+        inv_c = torch.linalg.inv(covariance(h) + 0.1 * torch.eye(n_in))
+        dW, db = acp_direction(g.T @ h, g.sum(0), h, g, inv_c, 1.5)
+        torch.testing.assert_close(dW, g.T @ (h - h.mean(0)) @ inv_c / 1.5)
+        torch.testing.assert_close(db, g.sum(0) / 1.5 - dW @ h.mean(0))
+        _, plain = acp_direction(g.T @ h, g.sum(0), h, g, inv_c, 1.5, bias_correction=False)
+        torch.testing.assert_close(plain, g.sum(0) / 1.5)  # Algorithm 4 line 13
+
+
+def test_amortization_keeps_inverse_between_refreshes():
+    m = net(1)
+    opt = ACP(m, lr=0.1, eps=0.1, amortization=3)
+    data = [torch.randn(6, 4) for _ in range(7)]
+    invs = []
+    for x in data:
+        opt.zero_grad()
+        mse_sum(m(x), torch.zeros(6, 3)).backward()
+        opt.step()
+        invs.append(opt.preconditioner.inv_c[0].clone())
+    assert opt.preconditioner.schedule.refreshes == {0: 3, 1: 3}  # updates 0, 3, 6
+    torch.testing.assert_close(invs[1], invs[0])
+    torch.testing.assert_close(invs[2], invs[0])
+    assert not torch.allclose(invs[3], invs[2])
+    h = data[3]
+    expect = torch.linalg.inv(covariance(h) + 0.1 * torch.eye(4))
+    torch.testing.assert_close(invs[3], expect)
+
+
+@pytest.mark.parametrize("alpha", [1.0, "heuristic"])
+def test_singular_covariance_never_gives_nan(alpha):
+    """Dead ReLUs, constant inputs, batch smaller than n_in, float32."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10), nn.ReLU(),
+                      nn.Linear(10, 20)).float()
+    with torch.no_grad():
+        m[2].bias.fill_(-100.0)  # every unit of the second ReLU is dead
+    opt = ACP(m, lr=0.5, eps=1e-6, alpha=alpha, amortization=2)
+    for t in range(6):
+        x = torch.rand(4, 20, dtype=torch.float32)  # batch 4 < n_in 20 and 30
+        x[:, :5] = 0.3  # constant pixels
+        opt.zero_grad()
+        mse_sum(m(x), x).backward()
+        opt.step()
+        assert all(torch.isfinite(p).all() for p in m.parameters()), f"non-finite at {t}"
+
+
+def test_state_dict_round_trip_continues_identically():
+    x_all = torch.randn(10, 6, 4)
+
+    def run(m, opt, xs):
+        for x in xs:
+            opt.zero_grad()
+            mse_sum(m(x), torch.zeros(6, 3)).backward()
+            opt.step()
+
+    m = net(2)
+    opt = ACP(m, lr=0.2, eps=0.05, alpha="heuristic", amortization=4)
+    run(m, opt, x_all[:5])
+    saved_model = {k: v.clone() for k, v in m.state_dict().items()}
+    saved_opt = opt.state_dict()
+    run(m, opt, x_all[5:])
+    m2 = net(3)
+    m2.load_state_dict(saved_model)
+    opt2 = ACP(m2, lr=1.0, eps=1.0, alpha="heuristic", amortization=4)
+    opt2.load_state_dict(saved_opt)
+    assert opt2.lr == 0.2 and opt2.preconditioner.n_updates == 5
+    assert opt2.preconditioner.eps == 0.05
+    run(m2, opt2, x_all[5:])
+    for p, q in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_preconditioner_before_torch_optimizer_matches_acp():
+    x, y = torch.randn(6, 4), torch.randn(6, 3)
+    m1, m2 = net(4), net(4)
+    acp = ACP(m1, lr=0.1, eps=0.1, amortization=1)
+    pre = ACPPreconditioner(m2, eps=0.1, amortization=1)
+    sgd = torch.optim.SGD(m2.parameters(), lr=0.1)
+    for m, step in ((m1, acp.step), (m2, lambda: (pre.precondition(), sgd.step()))):
+        mse_sum(m(x), y).backward()
+        step()
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_bad_arguments_raise():
+    m = net()
+    with pytest.raises(ValueError, match="eps must be positive"):
+        ACP(m, lr=0.1, eps=0.0)
+    with pytest.raises(ValueError, match="alpha must be"):
+        ACP(m, lr=0.1, alpha="max")
+    with pytest.raises(ValueError, match="lr must be positive"):
+        ACP(m, lr=-1.0)
+    with pytest.raises(TypeError, match="amortization must be"):
+        ACP(m, lr=0.1, amortization=2.5)
