@@ -1,0 +1,43 @@
+"""The command line: train the autoencoder from the CLI, run a registered experiment, list."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def sokit(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "sokit", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_cli_trains_the_autoencoder_and_writes_results(tmp_path):
+    out = tmp_path / "run.json"
+    p = sokit("train", "--updates", "4", "--eval-subset", "300", "--n-evals", "3", "--device", "cpu",
+              "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "train mse" in p.stderr and "100%" in p.stderr  # the progress bar
+    assert f"wrote {out}" in p.stdout
+    record = json.loads(out.read_text())
+    res = record["results"]
+    assert res["updates"][-1] == 4 and len(res["minibatch_loss"]) == 4 and not res["diverged"]
+    assert record["config"]["lr"] == 0.1 and record["provenance"]["torch_version"]
+
+
+def test_cli_run_stores_a_registered_experiment(tmp_path):
+    p = sokit("run", "sgd_autoencoder", "--profile", "smoke", env={"SOKIT_RESULTS": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    record = json.loads((tmp_path / "sgd_autoencoder" / "smoke.json").read_text())
+    assert record["experiment"] == "sgd_autoencoder" and record["profile"] == "smoke"
+    assert record["results"]["updates"][-1] == record["config"]["updates"]
+    listing = sokit("list", env={"SOKIT_RESULTS": str(tmp_path)})
+    assert "sgd_autoencoder" in listing.stdout and "stored: smoke" in listing.stdout
+
+
+def test_cli_errors_name_the_problem():
+    p = sokit("run", "no_such_experiment")
+    assert p.returncode == 2 and "known experiments" in p.stderr
+    p = sokit("train", "--model", "cifar_mlp", "--dataset", "mnist", "--updates", "1", "--device", "cpu")
+    assert p.returncode != 0 and "takes 3072 inputs" in p.stderr
