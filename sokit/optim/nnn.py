@@ -64,14 +64,19 @@ class WhitenedLinear(nn.Module):
         if h.ndim != 2 or h.shape[1] != self.in_features:
             raise ValueError(f"refresh expects inputs of shape (batch, {self.in_features}), "
                              f"got {tuple(h.shape)}")
-        h = h.to(self.U.dtype)
+        dtype = self.U.dtype
+        h = h.to(dtype)
         mu_new = h.mean(0)
         centered = h - mu_new
         cov = centered.t() @ centered / h.shape[0]
-        evals, evecs = torch.linalg.eigh(cov)
-        evals = evals.clamp_min(0) + eps
-        U_new = (evecs * evals.rsqrt()) @ evecs.t()
-        U_new_inv = (evecs * evals.sqrt()) @ evecs.t()
+        cov.diagonal().add_(eps)  # damp first: eigh of a singular float32 matrix can fail
+        try:
+            evals, evecs = torch.linalg.eigh(cov)
+        except torch.linalg.LinAlgError:  # many (near-)repeated eigenvalues: redo in float64
+            evals, evecs = torch.linalg.eigh(cov.double())
+        evals = evals.clamp_min(eps)
+        U_new = ((evecs * evals.rsqrt()) @ evecs.t()).to(dtype)
+        U_new_inv = ((evecs * evals.sqrt()) @ evecs.t()).to(dtype)
         W = self.V @ self.U
         self.d.add_(W @ (mu_new - self.mu))
         self.V.copy_(W @ U_new_inv)
