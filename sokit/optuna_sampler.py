@@ -27,9 +27,9 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from sokit.search import CostModel, NearestNeighbour, acceptance_probability
+from sokit.search import CostModel, History, LogUniform, NearestNeighbour, Space, Trial, Integer, acceptance_probability
 
-__all__ = ["BiasedRandomSampler"]
+__all__ = ["BiasedRandomSampler", "OptunaSearch"]
 
 _NUMERIC = (FloatDistribution, IntDistribution)
 
@@ -118,3 +118,40 @@ class BiasedRandomSampler(BaseSampler):
         ok = np.isfinite(c)
         c[~ok] = c[ok].max() if ok.any() else math.inf
         return c
+
+
+class OptunaSearch:
+    """Any Optuna sampler (e.g. TPE) behind :mod:`sokit.search`'s ask / tell interface,
+    so that it runs in :func:`sokit.search.run_lockstep` beside grid, random and biased
+    random search. Diverged or failed trials are told to Optuna as FAIL."""
+
+    def __init__(self, space: Space, sampler: BaseSampler):
+        self.space = space
+        self.history = History()
+        self.study = optuna.create_study(sampler=sampler)
+        self.distributions = {n: _distribution(d) for n, d in space.dims.items()}
+        self._pending: list[tuple[dict, optuna.Trial]] = []
+
+    def ask(self) -> dict:
+        trial = self.study.ask(self.distributions)
+        config = dict(trial.params)
+        self._pending.append((config, trial))
+        return config
+
+    def tell(self, config: dict, cost: float | None, error: str | None = None) -> Trial:
+        i = next((k for k, (c, _) in enumerate(self._pending) if c == config), None)
+        if i is None:
+            raise KeyError(f"tell() for {config}, which ask() did not return (or was already told)")
+        _, trial = self._pending.pop(i)
+        t = self.history.add(config, cost, error)
+        if t.status == "ok":
+            self.study.tell(trial, t.cost)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+        return t
+
+
+def _distribution(d) -> BaseDistribution:
+    if isinstance(d, Integer):
+        return IntDistribution(int(d.low), int(d.high))
+    return FloatDistribution(d.low, d.high, log=isinstance(d, LogUniform))

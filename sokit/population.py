@@ -24,7 +24,7 @@ from torch import nn
 
 from sokit.models import ACTIVATIONS
 
-__all__ = ["Population", "population_loss", "train_population", "cuda_graph_step"]
+__all__ = ["Population", "architecture", "population_loss", "train_population", "cuda_graph_step"]
 
 _ACT_FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh, "linear": lambda a: a,
@@ -195,6 +195,13 @@ class Population:
             self.diverged.logical_or_(newly)
             self.steps.add_(1)
             return torch.where(self.diverged, torch.full_like(loss, float("nan")), loss.detach())
+
+
+def architecture(model: nn.Sequential) -> tuple[list[int], list[str]]:
+    """Layer widths and per-layer activations of a plain MLP, as :meth:`Population.init` takes
+    them (e.g. ``architecture(sokit.models.autoencoder())``)."""
+    linears, acts = _structure(model)
+    return [linears[0].in_features] + [L.out_features for L in linears], acts
 
 
 def _structure(model: nn.Sequential) -> tuple[list[nn.Linear], list[str]]:

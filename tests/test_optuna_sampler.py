@@ -82,3 +82,18 @@ def test_multi_objective_is_refused():
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=BiasedRandomSampler(seed=0))
     with pytest.raises(ValueError, match="single-objective"):
         study.optimize(lambda t: (quadratic(t), 0.0), n_trials=2)
+
+
+def test_optuna_search_adapter_runs_tpe_in_lockstep():
+    from sokit.optuna_sampler import OptunaSearch
+    from sokit.search import Integer, LogUniform, Space, Uniform, run_lockstep
+    space = Space({"lr": LogUniform(1e-7, 1e2), "prescale": Uniform(10, 20), "k": Integer(1, 3)})
+    def f(c):
+        return (math.log10(c["lr"]) + 2) ** 2 + ((c["prescale"] - 15) / 2) ** 2 + c["k"]
+    searchers = [OptunaSearch(space, optuna.samplers.TPESampler(seed=s)) for s in range(2)]
+    hs = run_lockstep(searchers, lambda cs, r: [f(c) if r != 3 else float("nan") for c in cs], 30)
+    assert all(len(h) == 30 for h in hs)
+    assert [t.status for t in hs[0].trials][3] == "diverged"
+    assert searchers[0].study.trials[3].state == optuna.trial.TrialState.FAIL
+    assert all(1e-7 <= c["lr"] <= 1e2 and c["k"] in (1, 2, 3) for h in hs for c in h.configs())
+    assert np.mean([h.best_cost() for h in hs]) < 2.0  # TPE finds the valley (minimum 1.0)
