@@ -176,3 +176,17 @@ def test_bad_models_and_arguments_raise():
         NNN(mlp(), lr=0.1).refresh()
     with pytest.raises(ValueError, match="shape"):
         WhitenedLinear(nn.Linear(4, 2)).refresh(torch.randn(5, 3), eps=1e-3)
+
+
+def test_float32_refresh_with_many_constant_inputs():
+    """MNIST-like input (many always-zero pixels, batch 200 < 784 inputs): float32 eigh of
+    the undamped covariance fails to converge; the refresh must still succeed."""
+    torch.manual_seed(5)
+    h = (torch.rand(200, 784) > 0.7).float() * torch.rand(200, 784)
+    h[:, torch.randperm(784)[:300]] = 0.0
+    layer = WhitenedLinear(nn.Linear(784, 50))
+    probe = torch.rand(10, 784)
+    before = layer(probe).detach()
+    layer.refresh(h, eps=1e-3)
+    assert torch.isfinite(layer.U).all() and torch.isfinite(layer.V).all()
+    assert_close(layer(probe), before, atol=1e-4, rtol=1e-4)
