@@ -1,6 +1,6 @@
 """MNIST, Fashion-MNIST and CIFAR-10 as tensors on the training device.
 
-The thesis's benchmarks (section 4.3: the MNIST autoencoder; section 4.4: the CIFAR-10
+The thesis's benchmarks (section 4.2: the MNIST autoencoder; section 4.3: the CIFAR-10
 MLP) read the whole dataset once and then draw minibatches by indexing the tensors
 that already live on the training device, so no ``DataLoader`` runs per step.
 

@@ -1,4 +1,4 @@
-"""Loss functions of the thesis (section 1.4, Table 3.I).
+"""Loss functions of the thesis (section 1.2.1, Table 3.I).
 
 Both losses average over the examples of a minibatch. The autoencoder's loss
 sums the squared error over the 784 pixels (the thesis's "MSE"), so its values

@@ -1,4 +1,4 @@
-"""The networks of the thesis (sections 1.3.2, 1.3.3, 4.3, 4.4).
+"""The networks of the thesis (sections 1.4.1, 1.4.3, 4.2, 4.3).
 
 * :func:`autoencoder`: the MNIST autoencoder 784-1000-500-250-30-250-500-1000-784
   with sigmoid units, a linear 30-unit code layer and a sigmoid output.
@@ -86,7 +86,7 @@ def mlp(
     prescale: float = 1.0,
     norm: str | None = None,
 ) -> nn.Sequential:
-    """A multilayer perceptron (section 1.3.2) as an ``nn.Sequential``.
+    """A multilayer perceptron (section 1.4.1) as an ``nn.Sequential``.
 
     ``sizes`` lists the layer widths, input first. ``activation`` is one name for
     every hidden layer or one name per hidden layer (``len(sizes) - 2`` names);
@@ -120,7 +120,7 @@ def mlp(
 
 
 def autoencoder(prescale: float = 1.0, norm: str | None = None) -> nn.Sequential:
-    """The MNIST autoencoder of section 4.3: sigmoid units, linear code, sigmoid output."""
+    """The MNIST autoencoder of section 4.2: sigmoid units, linear code, sigmoid output."""
     n_hidden = len(AUTOENCODER_SIZES) - 2
     code = n_hidden // 2
     acts = ["linear" if i == code else "sigmoid" for i in range(n_hidden)]
@@ -128,5 +128,5 @@ def autoencoder(prescale: float = 1.0, norm: str | None = None) -> nn.Sequential
 
 
 def cifar_mlp(prescale: float = 2.0, norm: str | None = None) -> nn.Sequential:
-    """The CIFAR-10 MLP of section 4.4: 8 hidden ReLU layers of 100 units, 10 logits."""
+    """The CIFAR-10 MLP of section 4.3: 8 hidden ReLU layers of 100 units, 10 logits."""
     return mlp(CIFAR_SIZES, "relu", "linear", prescale, norm)

@@ -1,12 +1,14 @@
-"""Minibatch SGD on the MNIST autoencoder (thesis sections 2.2 and 4.3; the SGD curve of Fig 6.2).
+"""Minibatch SGD on the MNIST autoencoder (thesis sections 2.2 and 4.2; the SGD curve of Fig 6.2).
 
 The thesis reports SGD's curve (train MSE 2.11 after 3e5 updates, Fig 6.2) but does
-not print its tuned learning rate and prescale. We picked them by a short trial
-(400-1500 updates on the real MNIST, lr in {0.01, 0.03, 0.1, 0.3}, prescale in
-{1, 15}): with prescale 1 every learning rate sat on the plateau of the mean image
-(MSE about 52.8) after 400 updates, prescale 15 (inside the thesis's search interval
-[10, 20]) left it; among those, the learning rate below trained fastest without
-diverging.
+not print its tuned learning rate and prescale. We picked them by a short trial on
+the real MNIST (batch 200, seed 0, CPU): with prescale 1, learning rates 0.01, 0.03
+and 0.1 all sat on the plateau of the mean image (train MSE about 52.8) after 400
+updates, while prescale 15 (inside the thesis's search interval [10, 20]) left it;
+after 1,500 updates at prescale 15, lr 0.1 reached train MSE 20.3 and lr 0.03 22.1
+(measured on the first 5,000 training examples).
+This is a choice, not a search: Figure 2.2's search (chapter 4) explores the two
+hyperparameters properly.
 """
 
 from __future__ import annotations
