@@ -1,0 +1,237 @@
+"""KFAC (section 6.4.1) against exact curvature from sokit.curvature (float64)."""
+
+import pytest
+import torch
+from torch import nn
+
+from sokit import curvature as cv
+from sokit.optim import KFAC, KFACPreconditioner
+from sokit.optim.kfac import factor_dampings
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def mse_sum(out, y):
+    return ((out - y) ** 2).sum(dim=1).mean()
+
+
+def net(seed=0, sizes=(4, 5, 3)):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(sizes[0], sizes[1]), nn.Tanh(), nn.Linear(sizes[1], sizes[2]))
+
+
+def exact_g_factor(m, layer, x, D):
+    """E_i[J_a^T D_i J_a] with J_a from torch.func."""
+    Ja = cv.preactivation_jacobian(m, layer, x)
+    return torch.einsum("bko,bkl,blp->op", Ja, D, Ja) / x.shape[0]
+
+
+def kfac_step(m, pre, x, y, loss_fn=mse_sum, loss="mse"):
+    out = m(x)
+    pre.curvature_backward(out, loss)
+    loss_fn(out, y).backward()
+    grad = cv.flat_grad(m)
+    pre.precondition()
+    return grad, cv.flat_grad(m)
+
+
+def test_exact_gn_factor_and_eq_6_2_2_for_one_example():
+    """Single example: A kron G is the exact GN block (eq 6.2.2), layer by layer."""
+    m = net()
+    x, y = torch.randn(1, 4), torch.randn(1, 3)
+    pre = KFACPreconditioner(m, curvature="gauss_newton", gn_probes="exact", amortization=1)
+    kfac_step(m, pre, x, y)
+    GN = cv.gauss_newton(m, mse_sum, x, y)
+    for i, layer in enumerate((m[0], m[2])):
+        G_exact = exact_g_factor(m, layer, x, 2 * torch.eye(3).expand(1, 3, 3))
+        torch.testing.assert_close(pre.G[i], G_exact)
+        h1 = torch.cat([cv.layer_inputs(m, layer, x), torch.ones(1, 1)], dim=1)
+        torch.testing.assert_close(pre.A[i], h1.T @ h1)
+        block = cv.layer_block(GN, m, layer, vec="thesis")
+        torch.testing.assert_close(torch.kron(h1.T @ h1, G_exact), block)  # eq 6.2.2
+        torch.testing.assert_close(torch.kron(pre.A[i], pre.G[i]), block)
+
+
+def test_per_example_gn_block_is_a_mean_of_kronecker_products():
+    """Eq 6.2.2 for a batch: the GN block is (1/n) sum_i [h;1][h;1]^T kron J_a^T D J_a."""
+    m = net(1)
+    x, y = torch.randn(5, 4), torch.randn(5, 3)
+    GN = cv.gauss_newton(m, mse_sum, x, y)
+    layer = m[0]
+    h1 = torch.cat([cv.layer_inputs(m, layer, x), torch.ones(5, 1)], dim=1)
+    Ja = cv.preactivation_jacobian(m, layer, x)
+    expect = sum(torch.kron(torch.outer(h1[i], h1[i]), 2 * Ja[i].T @ Ja[i]) for i in range(5)) / 5
+    torch.testing.assert_close(cv.layer_block(GN, m, layer, vec="thesis"), expect)
+    # and KFAC's product of means is not equal to it for a batch (the approximation)
+    A, G = h1.T @ h1 / 5, exact_g_factor(m, layer, x, 2 * torch.eye(3).expand(5, 3, 3))
+    assert (torch.kron(A, G) - expect).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("split", ["pi", "plain"])
+def test_factored_inverse_equals_dense_kronecker_inverse(split):
+    m = net(2)
+    x, y = torch.randn(6, 4), torch.randn(6, 3)
+    pre = KFACPreconditioner(m, curvature="gauss_newton", gn_probes="exact",
+                             damping=0.03, damping_split=split, amortization=1)
+    grad, step = kfac_step(m, pre, x, y)
+    for i, layer in enumerate((m[0], m[2])):
+        A = torch.cat([cv.layer_inputs(m, layer, x), torch.ones(6, 1)], dim=1)
+        A = A.T @ A / 6
+        G = exact_g_factor(m, layer, x, 2 * torch.eye(3).expand(6, 3, 3))
+        dA, dG = factor_dampings(A, G, 0.03, split)
+        if split == "pi":
+            pi = ((A.trace() / A.shape[0]) / (G.trace() / G.shape[0])).sqrt()
+            torch.testing.assert_close(dA, pi * 0.03**0.5)
+        dense = torch.kron(A + dA * torch.eye(A.shape[0]), G + dG * torch.eye(G.shape[0]))
+        expect = torch.linalg.solve(dense, cv.layer_vector(grad, m, layer, "thesis"))
+        torch.testing.assert_close(cv.layer_vector(step, m, layer, "thesis"), expect)
+
+
+def test_gn_cross_entropy_factor_is_true_label_gradient_outer_product():
+    """Thesis section 3.4: with softmax probabilities as the output, the GN middle term
+    is e_t e_t^T / p_t^2, so J_a^T D J_a is exact from the main backward, any batch."""
+    m = net(3)
+    x, labels = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    pre = KFACPreconditioner(m, loss="cross_entropy", curvature="gauss_newton", amortization=1)
+    kfac_step(m, pre, x, labels, nn.functional.cross_entropy, "cross_entropy")
+    probs_model = nn.Sequential(m, nn.Softmax(dim=1))
+    p = probs_model(x).detach()
+    onehot = nn.functional.one_hot(labels, 3).to(p.dtype)
+
+    def nll_probs(q, t):
+        return -(t * torch.log(q)).sum(dim=1).mean()
+
+    D = cv.output_hessian(nll_probs, p, onehot)
+    torch.testing.assert_close(D, torch.diag_embed(onehot / p**2))
+    for i, layer in enumerate((m[0], m[2])):
+        torch.testing.assert_close(pre.G[i], exact_g_factor(probs_model, layer, x, D))
+
+
+@pytest.mark.parametrize("loss, curvature", [("cross_entropy", "fisher"), ("mse", "fisher"),
+                                             ("mse", "gauss_newton")])
+def test_sampled_probes_have_covariance_d(loss, curvature):
+    """E[v v^T] = D for the back-propagated probes, so the sampled G is unbiased
+    (G is linear in v v^T; the exact-probe tests check the rest)."""
+    m = net(4)
+    pre = KFACPreconditioner(m, loss=loss, curvature=curvature, seed=7)
+    f = torch.randn(1, 3).expand(40000, 3)
+    v = pre.probes(f)[0]
+    if loss == "mse":
+        D = 2 * torch.eye(3)
+    else:
+        D = cv.fisher_middle(f[:1], "categorical", "logits")[0]
+    torch.testing.assert_close(v.T @ v / v.shape[0], D, atol=0.03 * D.abs().max(), rtol=0)
+
+
+def test_sampled_fisher_factor_matches_exact_on_average():
+    """A short end-to-end check through curvature_backward (cross-entropy Fisher)."""
+    m = net(4)
+    x = torch.randn(2, 4).repeat(500, 1)  # many copies: one draw per copy
+    pre = KFACPreconditioner(m, loss="cross_entropy", amortization=1, seed=1)
+    out = m(x)
+    pre.curvature_backward(out, "cross_entropy")
+    out.sum().backward()
+    pre.precondition()
+    D = cv.fisher_middle(m(x[:2]), "categorical", "logits")
+    exact = exact_g_factor(m, m[2], x[:2], D)
+    torch.testing.assert_close(pre.G[1], exact, atol=0.1 * exact.abs().max(), rtol=0)
+
+
+def test_fisher_equals_gn_for_quadratic_loss_in_expectation():
+    """For ||f - y||^2 the Fisher (targets from N(f, I/2)) and the GN share D = 2I."""
+    m = net(5)
+    x, y = torch.randn(4, 4), torch.randn(4, 3)
+    F = cv.fisher(m, x, "gaussian")
+    torch.testing.assert_close(cv.gauss_newton(m, mse_sum, x, y), 2 * F)
+
+
+def test_curvature_backward_leaves_grad_untouched_and_is_required():
+    m = net(6)
+    x, y = torch.randn(4, 4), torch.randn(4, 3)
+    pre = KFACPreconditioner(m, amortization=1)
+    out = m(x)
+    pre.curvature_backward(out, "mse")
+    assert all(p.grad is None for p in m.parameters())
+    mse_sum(out, y).backward()
+    pre.precondition()
+    out = m(x)  # no curvature pass on a refresh update
+    mse_sum(out, y).backward()
+    with pytest.raises(RuntimeError, match="curvature_backward"):
+        pre.precondition()
+    with pytest.raises(ValueError, match="built for loss 'mse'"):
+        pre.curvature_backward(m(x), "cross_entropy")
+
+
+def test_amortized_updates_skip_the_curvature_pass():
+    m = net(7)
+    opt = KFAC(m, lr=0.1, amortization=3, damping=0.1)
+    for t in range(4):
+        x = torch.randn(5, 4)
+        out = m(x)
+        opt.curvature_backward(out, "mse")
+        opt.zero_grad()
+        mse_sum(out, torch.zeros(5, 3)).backward()
+        opt.step()
+    assert opt.preconditioner.schedule.refreshes == {0: 2, 1: 2}  # updates 0 and 3
+
+
+def test_no_nan_with_dead_units_and_constant_inputs():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10), nn.ReLU(),
+                      nn.Linear(10, 20)).float()
+    with torch.no_grad():
+        m[2].bias.fill_(-100.0)
+    for curvature in ("fisher", "gauss_newton"):
+        opt = KFAC(m, lr=0.5, damping=1e-8, curvature=curvature, amortization=2)
+        for _ in range(4):
+            x = torch.rand(4, 20, dtype=torch.float32)
+            x[:, :5] = 0.3
+            out = m(x)
+            opt.curvature_backward(out, "mse")
+            opt.zero_grad()
+            mse_sum(out, x).backward()
+            opt.step()
+            assert all(torch.isfinite(p).all() for p in m.parameters())
+        opt.preconditioner.remove()
+
+
+def test_state_dict_round_trip_continues_identically():
+    xs = torch.randn(8, 5, 4)
+
+    def run(m, opt, batch):
+        for x in batch:
+            out = m(x)
+            opt.curvature_backward(out, "mse")
+            opt.zero_grad()
+            mse_sum(out, torch.zeros(5, 3)).backward()
+            opt.step()
+
+    m = net(8)
+    opt = KFAC(m, lr=0.1, damping=0.05, amortization=2, seed=3)
+    run(m, opt, xs[:3])
+    saved_m = {k: v.clone() for k, v in m.state_dict().items()}
+    saved_o = opt.state_dict()
+    run(m, opt, xs[3:])
+    m2 = net(9)
+    m2.load_state_dict(saved_m)
+    opt2 = KFAC(m2, lr=1.0, damping=1.0, amortization=2, seed=99)
+    opt2.load_state_dict(saved_o)
+    run(m2, opt2, xs[3:])
+    for p, q in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bad_arguments_raise():
+    m = net()
+    with pytest.raises(ValueError, match="loss must be"):
+        KFAC(m, lr=0.1, loss="hinge")
+    with pytest.raises(ValueError, match="curvature must be"):
+        KFAC(m, lr=0.1, curvature="hessian")
+    with pytest.raises(ValueError, match="damping must be positive"):
+        KFAC(m, lr=0.1, damping=0.0)
