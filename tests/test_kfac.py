@@ -6,7 +6,7 @@ from torch import nn
 
 from sokit import curvature as cv
 from sokit.optim import KFAC, KFACPreconditioner
-from sokit.optim.kfac import factor_dampings
+from sokit.optim.kfac import factor_dampings, kfac_direction
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +91,19 @@ def test_factored_inverse_equals_dense_kronecker_inverse(split):
         dense = torch.kron(A + dA * torch.eye(A.shape[0]), G + dG * torch.eye(G.shape[0]))
         expect = torch.linalg.solve(dense, cv.layer_vector(grad, m, layer, "thesis"))
         torch.testing.assert_close(cv.layer_vector(step, m, layer, "thesis"), expect)
+
+
+def test_both_associations_agree():
+    torch.manual_seed(0)
+    for batch, n_in, n_out in [(2, 30, 40), (500, 3, 4)]:  # minibatch route, factored route
+        h, g = torch.randn(batch, n_in), torch.randn(batch, n_out)
+        inv_a = torch.linalg.inv(torch.cov(torch.randn(n_in + 1, 60)) + torch.eye(n_in + 1))
+        inv_g = torch.linalg.inv(torch.cov(torch.randn(n_out, 60)) + torch.eye(n_out))
+        h1 = torch.cat([h, torch.ones(batch, 1)], dim=1)
+        expect = inv_g @ (g.T @ h1) @ inv_a
+        torch.testing.assert_close(kfac_direction(g.T @ h, g.sum(0), h, g, inv_a, inv_g), expect)
+        nb = kfac_direction(g.T @ h, None, h, g, inv_a[:n_in, :n_in], inv_g)
+        torch.testing.assert_close(nb, inv_g @ (g.T @ h) @ inv_a[:n_in, :n_in])
 
 
 def test_gn_cross_entropy_factor_is_true_label_gradient_outer_product():

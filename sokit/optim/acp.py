@@ -51,7 +51,7 @@ def covariance(h: Tensor) -> Tensor:
     return hc.T @ hc / h.shape[0]
 
 
-def acp_direction(gW: Tensor, gb: Tensor, h: Tensor, g: Tensor, inv_c: Tensor,
+def acp_direction(gW: Tensor, gb: Tensor, h: Tensor, g: Tensor | None, inv_c: Tensor,
                   alpha: Tensor | float, bias_correction: bool = True) -> tuple[Tensor, Tensor]:
     """The ACP direction ``(dW, db)``, the step being ``-lr (dW, db)`` (eqs 6.2.4-6.2.5).
 
@@ -63,7 +63,7 @@ def acp_direction(gW: Tensor, gb: Tensor, h: Tensor, g: Tensor, inv_c: Tensor,
     B, n_in = h.shape
     n_out = gW.shape[0]
     mean_h = h.mean(0)
-    if n_out * n_in <= B * (n_in + n_out):
+    if g is None or n_out * n_in <= B * (n_in + n_out):
         dW = (gW - torch.outer(gb, mean_h)) @ inv_c
     else:
         dW = g.T @ ((h - mean_h) @ inv_c)

@@ -6,6 +6,10 @@ after ``loss.backward()`` its :meth:`precondition` rewrites each ``nn.Linear``'s
 ``weight.grad`` and ``bias.grad`` in place with the preconditioned direction, so
 that any ``torch.optim`` optimizer can take the step. :class:`PreconditionedSGD` is
 the thesis's form of each method: preconditioned direction times a learning rate.
+
+The preconditioners may rebuild a layer's gradient from the recorded ``h`` and
+``dl/da`` (``g^T h``) when that association is cheaper, so modify gradients (clipping,
+weight decay) AFTER :meth:`precondition`, not before.
 """
 
 from __future__ import annotations
