@@ -208,3 +208,20 @@ def test_bad_arguments_raise():
         ACP(m, lr=-1.0)
     with pytest.raises(TypeError, match="amortization must be"):
         ACP(m, lr=0.1, amortization=2.5)
+
+
+def test_acp_through_the_train_loop():
+    from sokit.data import Dataset
+    from sokit.train import train
+
+    torch.set_default_dtype(torch.float32)  # the loop's buffers follow the default dtype
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 12, generator=gen, dtype=torch.float32)
+    data = Dataset("toy", x, torch.zeros(64, dtype=torch.int64), x[:16], torch.zeros(16, dtype=torch.int64))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 6), nn.Sigmoid(), nn.Linear(6, 12), nn.Sigmoid()).float()
+    opt = ACP(model, lr=0.05, eps=0.1, alpha="heuristic", amortization=5)
+    out = train(model, opt, data, "mse", updates=40, batch_size=16, progress=False, eval_every=20)
+    assert not out["diverged"]
+    assert out["train_loss"][-1] < out["train_loss"][0]
+    assert opt.preconditioner.schedule.refreshes[0] == 8

@@ -248,3 +248,24 @@ def test_bad_arguments_raise():
         KFAC(m, lr=0.1, curvature="hessian")
     with pytest.raises(ValueError, match="damping must be positive"):
         KFAC(m, lr=0.1, damping=0.0)
+
+
+@pytest.mark.parametrize("loss, curvature", [("mse", "fisher"), ("cross_entropy", "fisher"),
+                                             ("cross_entropy", "gauss_newton")])
+def test_kfac_through_the_train_loop(loss, curvature):
+    from sokit.data import Dataset
+    from sokit.train import train
+
+    torch.set_default_dtype(torch.float32)  # the loop's buffers follow the default dtype
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 12, generator=gen, dtype=torch.float32)
+    y = (x[:, :3].argmax(1)).to(torch.int64)
+    data = Dataset("toy", x, y, x[:16], y[:16])
+    torch.manual_seed(0)
+    n_out = 12 if loss == "mse" else 3
+    model = nn.Sequential(nn.Linear(12, 8), nn.Sigmoid(), nn.Linear(8, n_out)).float()
+    opt = KFAC(model, lr=0.1, loss=loss, curvature=curvature, damping=0.1, amortization=5)
+    out = train(model, opt, data, loss, updates=40, batch_size=16, progress=False, eval_every=20)
+    assert not out["diverged"]
+    assert out["train_loss"][-1] < out["train_loss"][0]
+    assert opt.preconditioner.schedule.refreshes[0] == 8
