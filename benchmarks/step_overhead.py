@@ -1,0 +1,218 @@
+"""Milliseconds per training step of each chapter-6 method against SGD.
+
+The MNIST autoencoder (784-1000-500-250-30-250-500-1000-784), minibatch 200,
+amortization N = 100 (thesis section 6.5.2). Each method runs a few warm-up steps,
+then N consecutive timed steps; any N consecutive steps contain exactly one
+statistics refresh, so their mean is the per-step cost with the refresh amortized.
+The median is the cost of a step without refresh, the maximum the refresh step.
+
+Modes: eager everywhere; on CUDA also the step captured as a CUDA graph (the same
+capture as ``sokit.train``) for the optimizers ``sokit.train.can_capture`` accepts.
+ASDL's K-FAC (``pip install asdfghjkl``, imported as ``asdl``) runs as a peer in the
+same process when it imports; otherwise the reason is recorded.
+
+    nice python benchmarks/step_overhead.py            # writes step_overhead_<device>.json/.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import sokit
+from sokit import losses
+from sokit.experiments import device_name, git_commit
+from sokit.registry.fig6 import EPS, FIG6_2, autoencoder_methods, build_model, build_optimizer, method
+from sokit.train import can_capture
+
+HERE = Path(__file__).resolve().parent
+BATCH, AMORTIZATION, WARMUP = 200, 100, 3
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sokit_step(model, optimizer, x: torch.Tensor) -> Callable[[], None]:
+    """One training step exactly as ``sokit.train`` runs it (autoencoder: target = input)."""
+    curvature_backward = getattr(optimizer, "curvature_backward", None)
+
+    def step() -> None:
+        output = model(x)
+        value = losses.mse_sum(output, x)
+        if curvature_backward is not None:
+            curvature_backward(output, "mse")
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+
+    return step
+
+
+def asdl_step(model, x: torch.Tensor, lr: float) -> Callable[[], None]:
+    """ASDL's K-FAC (Fisher with one sampled target, loss_type "mse") + torch SGD."""
+    import asdl
+
+    def mse(output, target, reduction="mean"):
+        per_example = (output - target).pow(2).sum(1)
+        return per_example.mean() if reduction == "mean" else per_example.sum()
+
+    config = asdl.PreconditioningConfig(data_size=BATCH, damping=EPS,
+                                        preconditioner_upd_interval=AMORTIZATION,
+                                        curvature_upd_interval=AMORTIZATION)
+    maker = asdl.KfacGradientMaker(model, config, fisher_type="fisher_mc", loss_type="mse")
+    sgd = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step() -> None:
+        sgd.zero_grad()
+        dummy = maker.setup_model_call(model, x)
+        maker.setup_loss_call(mse, dummy, x)
+        maker.forward_and_backward()
+        sgd.step()
+
+    return step
+
+
+def graph_step(step: Callable[[], None], optimizer, device: torch.device) -> Callable[[], None]:
+    """``step`` captured once as a CUDA graph (after warm-up on a side stream)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP):
+            step()
+        optimizer.zero_grad()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    return graph.replay
+
+
+def time_steps(step: Callable[[], None], device: torch.device, n: int) -> dict[str, float]:
+    for _ in range(WARMUP):
+        step()
+    times = []
+    for _ in range(n):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return {"mean_ms": statistics.fmean(times), "median_ms": statistics.median(times),
+            "max_ms": max(times), "steps": n}
+
+
+def methods() -> dict[str, dict[str, Any]]:
+    """The fig6_2 methods (KFAC = Fisher, sampled targets), centered GD, and KFAC for
+    Gauss-Newton (Rademacher probes)."""
+    table = autoencoder_methods(FIG6_2 + ["centered GD"])
+    table["KFAC (Gauss-Newton)"] = method("kfac", lr=1e-3, amortization=AMORTIZATION,
+                                          damping=EPS, loss="mse", curvature="gauss_newton")
+    return table
+
+
+def run(device: torch.device, steps: int, only: list[str] | None) -> dict[str, Any]:
+    torch.manual_seed(0)
+    x = torch.rand(BATCH, 784, device=device)
+    config = {"model": "autoencoder", "prescale": 1.0}
+    rows: dict[str, Any] = {}
+    for label, spec in methods().items():
+        if only and label not in only:
+            continue
+        torch.manual_seed(0)
+        model = build_model(config, spec["norm"]).to(device)
+        try:
+            optimizer = build_optimizer(spec, model)
+        except (ImportError, AttributeError, TypeError) as e:
+            rows[label] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        step = sokit_step(model, optimizer, x)
+        rows[label] = {"eager": time_steps(step, device, steps)}
+        if can_capture(optimizer, device):
+            rows[label]["cuda_graph"] = time_steps(graph_step(step, optimizer, device), device, steps)
+        print(f"{label:28s} {rows[label]['eager']['mean_ms']:9.2f} ms", flush=True)
+    if not only or "ASDL KFAC" in only:
+        torch.manual_seed(0)
+        model = build_model(config, None).to(device)
+        try:
+            step = asdl_step(model, x, lr=1e-3)
+        except ImportError as e:
+            rows["ASDL KFAC"] = {"error": f"ImportError: {e} (pip install asdfghjkl)"}
+        else:
+            rows["ASDL KFAC"] = {"eager": time_steps(step, device, steps),
+                                 "asdl_version": _asdl_version()}
+            print(f"{'ASDL KFAC':28s} {rows['ASDL KFAC']['eager']['mean_ms']:9.2f} ms", flush=True)
+    return rows
+
+
+def _asdl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asdfghjkl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    rows = record["methods"]
+    modes = [m for m in ("eager", "cuda_graph") if any(m in r for r in rows.values())]
+    sgd = {m: rows["SGD"][m]["mean_ms"] for m in modes if m in rows.get("SGD", {})}
+    lines = [f"# Step cost per method, {record['device']}",
+             "",
+             f"MNIST autoencoder, batch {BATCH}, amortization N = {AMORTIZATION}; mean over "
+             f"{record['steps']} consecutive steps (one refresh amortized), median = a step "
+             f"without refresh, max = the refresh step. torch {record['torch_version']}, "
+             f"{record['cpu_threads']} CPU threads, commit {record['commit'][:10]}, "
+             f"{record['started']}.",
+             "",
+             "| method | mode | ms/step (amortized) | x SGD | median ms | max ms |",
+             "|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        if "error" in r:
+            lines.append(f"| {label} | - | not run: {r['error']} | | | |")
+            continue
+        for m in modes:
+            if m not in r:
+                continue
+            t = r[m]
+            ratio = f"{t['mean_ms'] / sgd[m]:.2f}" if m in sgd else "-"
+            lines.append(f"| {label} | {m} | {t['mean_ms']:.2f} | {ratio} | "
+                         f"{t['median_ms']:.2f} | {t['max_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=AMORTIZATION,
+                        help="timed steps per method (a multiple of N amortizes refreshes exactly)")
+    parser.add_argument("--only", nargs="*", help="method labels to run (default: all)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    rows = run(device, args.steps, args.only)
+    record = {"device": device_name(device), "device_type": device.type, "steps": args.steps,
+              "batch_size": BATCH, "amortization": AMORTIZATION, "started": started,
+              "commit": git_commit(), "sokit_version": sokit.__version__,
+              "torch_version": torch.__version__, "python_version": platform.python_version(),
+              "cpu_threads": torch.get_num_threads(), "methods": rows}
+    slug = re.sub(r"[^a-z0-9]+", "_", record["device"].lower()).strip("_")[:40]
+    (HERE / f"step_overhead_{slug}.json").write_text(json.dumps(record, indent=1) + "\n")
+    table = markdown(record)
+    (HERE / f"step_overhead_{slug}.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

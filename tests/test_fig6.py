@@ -1,0 +1,66 @@
+"""Chapter 6 experiments: registry configurations and smoke runs (thesis section 6.5)."""
+
+import math
+
+import pytest
+
+from sokit.experiments import get, load_or_run, result_path
+from sokit.registry import fig6
+
+FIGURES = ["fig6_1", "fig6_2", "fig6_3", "fig6_3_fashion"]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_profiles_follow_the_thesis_protocol(name):
+    exp = get(name)
+    assert set(exp.configs) == {"smoke", "quick", "full"}
+    for profile, config in exp.configs.items():
+        assert config["batch_size"] == 200
+        n = fig6.SMOKE_AMORTIZATION if profile == "smoke" else 100
+        for spec in config["methods"].values():
+            if "amortization" in spec["kwargs"]:
+                assert spec["kwargs"]["amortization"] == n
+    assert exp.configs["full"]["updates"] == 300_000
+    assert exp.configs["full"]["eval_subset"] is None
+
+
+def test_method_lists_match_the_figures():
+    assert list(get("fig6_1").configs["full"]["methods"]) == fig6.FIG6_1
+    assert list(get("fig6_2").configs["full"]["methods"]) == fig6.FIG6_2
+    for name in ("fig6_3", "fig6_3_fashion"):
+        methods = get(name).configs["full"]["methods"]
+        assert {"KFAC (Gauss-Newton)", "KFAC (natural gradient)"} <= set(methods)
+        assert methods["KFAC (Gauss-Newton)"]["kwargs"]["curvature"] == "gauss_newton"
+        assert methods["KFAC (natural gradient)"]["kwargs"]["curvature"] == "fisher"
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_every_method_builds_its_optimizer(name):
+    config = get(name).configs["full"]
+    for label, spec in config["methods"].items():
+        model = fig6.build_model(config, spec["norm"])
+        optimizer = fig6.build_optimizer(spec, model)
+        assert hasattr(optimizer, "step") and hasattr(optimizer, "state_dict"), label
+
+
+def test_unknown_optimizer_and_model_raise():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        fig6.method("adam", lr=0.1)
+    with pytest.raises(ValueError, match="unknown model"):
+        fig6.build_model({"model": "resnet", "prescale": 1.0}, None)
+
+
+@pytest.mark.parametrize("name", ["fig6_1", "fig6_2", "fig6_3_fashion"])
+def test_smoke_profile_runs_and_learns(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOKIT_RESULTS", str(tmp_path))
+    record = load_or_run(name, "smoke")
+    assert result_path(name, "smoke").exists()
+    assert record["provenance"]["wall_clock_s"] > 0
+    config = get(name).configs["smoke"]
+    assert list(record["results"]) == list(config["methods"])
+    for label, res in record["results"].items():
+        assert not res["diverged"], label
+        assert res["updates"][-1] == config["updates"], label
+        curves = res["train_loss"] + res["test_loss"] + res["minibatch_loss"]
+        assert all(math.isfinite(v) for v in curves), label
+        assert res["train_loss"][-1] < res["train_loss"][0], (label, res["train_loss"])
