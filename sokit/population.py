@@ -6,8 +6,8 @@ dominated by launch overhead; stacked, the P members' layers become batched matm
 (weights of shape (P, n_out, n_in), ``torch.baddbmm``) and one step trains them all.
 
 Members differ by learning rate, initial scale (prescale, section 2.4.2) and seed. Each
-member's loss is tracked separately. A member whose loss, gradient or updated
-parameters are not finite is *diverged*: it is frozen at its last finite parameters
+member's loss is tracked separately. A member whose loss or gradient step (learning rate
+times gradient) is not finite is *diverged*: it is frozen at its last finite parameters
 (``torch.where`` on a per-member mask, so no NaN reaches the others) and reported with
 the step at which it diverged. Every step is a fixed sequence of tensor operations with
 no host synchronisation, so on CUDA :func:`cuda_graph_step` captures it as one CUDA graph;
@@ -181,15 +181,13 @@ class Population:
         grads = torch.autograd.grad(loss.sum(), params)
         P = self.size
         ok = ~self.diverged & torch.isfinite(loss)
-        new = []
-        for p, g in zip(params, grads):
-            lr = self.lr.view(P, *([1] * (p.dim() - 1)))
-            p_new = p.detach() - lr * g
-            ok = ok & torch.isfinite(p_new).flatten(1).all(1)
-            new.append(p_new)
+        for g in grads:  # a non-finite (or overflowing) gradient step marks the member
+            ok = ok & torch.isfinite(self.lr * torch.linalg.vector_norm(g.flatten(1), dim=1))
         with torch.no_grad():
-            for p, p_new in zip(self.parameters(), new):
-                p.copy_(torch.where(ok.view(P, *([1] * (p.dim() - 1))), p_new, p))
+            for p, g in zip(self.parameters(), grads):
+                shape = (P,) + (1,) * (p.dim() - 1)
+                g.masked_fill_(~ok.view(shape), 0.0)  # frozen members: no update, no NaN
+                p.addcmul_(g, self.lr.view(shape), value=-1.0)
             newly = ok.logical_not() & self.diverged.logical_not()
             self.diverged_at.copy_(torch.where(newly, self.steps, self.diverged_at))
             self.diverged.logical_or_(newly)
