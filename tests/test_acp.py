@@ -225,3 +225,24 @@ def test_acp_through_the_train_loop():
     assert not out["diverged"]
     assert out["train_loss"][-1] < out["train_loss"][0]
     assert opt.preconditioner.schedule.refreshes[0] == 8
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from sokit.optim.linalg import damped_inverses  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.integers(1, 9), n_in=st.integers(1, 7), n_out=st.integers(1, 7),
+       eps=st.floats(1e-3, 10.0), alpha=st.floats(0.1, 10.0), seed=st.integers(0, 10**6))
+def test_property_acp_step_solves_the_local_criterion(batch, n_in, n_out, eps, alpha, seed):
+    torch.set_default_dtype(torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(batch, n_in, generator=gen)
+    grads = torch.randn(batch, n_out, generator=gen)
+    g = grads / batch
+    (inv_c,) = damped_inverses([covariance(h)], [eps / alpha])
+    dW, db = acp_direction(g.T @ h, g.sum(0), h, g, inv_c, alpha)
+    lW, lb = local_criterion_lstsq(h, grads, 1.0 / alpha, eps / alpha)
+    torch.testing.assert_close(-dW, lW, atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(-db, lb, atol=1e-8, rtol=1e-6)
