@@ -269,3 +269,77 @@ register(Experiment(
     "The CPU learning-rate trial behind the fig6_3 / fig6_3_fashion learning rates.",
     trial_profiles("classifier", "fashion-mnist", "mlp", FIG6_3, 200),
     lr_trial))
+
+
+# ---------------------------------------------------------------- the thesis's numbers
+
+#: read off the thesis's figures (/work/shared/thesis/REFERENCE.md, about +-2 %), after
+#: 3e5 updates on a Titan Black: (final train MSE, best test MSE, wall-clock s); None
+#: where the figure does not give it. Fig 6.2 rows follow its legend (the caption
+#: swaps the colours of the two ACP curves). Fig 6.1's ACP row is Fig 6.2's same run.
+THESIS = {
+    "fig6_1": {
+        "SGD": (2.11, 4.46, 1589),
+        "mean-only batch norm + SGD": (1.52, 3.33, 2267),
+        "centered GD": (2.38, 3.41, 1890),
+        "ACP, fixed alpha": (1.03, 3.13, 3232),
+    },
+    "fig6_2": {
+        "ACP, fixed alpha": (1.03, 3.13, 3232),
+        "ACP, heuristic alpha": (1.19, 3.04, 3995),
+        "Natural Neural Networks": (1.08, 3.14, 13941),
+        "KFAC": (0.92, 3.36, 7328),
+        "batch norm + SGD": (1.82, 3.71, 3154),
+        "SGD": (2.11, 4.46, 1589),
+    },
+}
+
+
+def summary(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per method: final train loss, best test loss, training seconds, updates done."""
+    out = {}
+    for label, res in results.items():
+        out[label] = {"train": res["train_loss"][-1] if res["train_loss"] else math.nan,
+                      "best_test": min(res["test_loss"]) if res["test_loss"] else math.nan,
+                      "seconds": res["wall_clock_s"],
+                      "updates": res["updates"][-1] if res["updates"] else 0,
+                      "diverged": res["diverged"]}
+    return out
+
+
+def comparison_table(record: dict[str, Any]) -> str:
+    """A markdown table of our numbers (``record`` from load_or_run) next to the thesis's."""
+    thesis = THESIS.get(record["experiment"], {})
+    prov = record["provenance"]
+    head = (f"Ours: profile `{record['profile']}`, {record['config']['updates']:,} updates, "
+            f"{prov['device']} ({prov['device_type']}, {prov['cpu_threads']} threads), "
+            f"commit {prov['commit'][:10]}. Thesis: 3e5 updates, Titan Black.\n\n")
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    rows = ["| method | train (ours) | best test (ours) | seconds (ours) | "
+            "train (thesis) | best test (thesis) | seconds (thesis) |",
+            "|---|---|---|---|---|---|---|"]
+    for label, s in summary(record["results"]).items():
+        t = thesis.get(label, (None, None, None))
+        mark = " (diverged)" if s["diverged"] else ""
+        rows.append(f"| {label}{mark} | {fmt(s['train'], '.3g')} | {fmt(s['best_test'], '.3g')} | "
+                    f"{fmt(s['seconds'], '.0f')} | {fmt(t[0], '.3g')} | {fmt(t[1], '.3g')} | "
+                    f"{fmt(t[2], ',')} |")
+    return head + "\n".join(rows)
+
+
+def pick_profile(name: str) -> str:
+    """``$SOKIT_PROFILE`` if set; else "quick" when a stored quick result matches the
+    registered config (the book then shows it without rerunning); else "smoke"."""
+    import json
+    import os
+
+    from sokit.experiments import get, load
+
+    if os.environ.get("SOKIT_PROFILE"):
+        return os.environ["SOKIT_PROFILE"]
+    stored = load(name, "quick")
+    config = json.loads(json.dumps(get(name).configs["quick"]))
+    return "quick" if stored is not None and stored.get("config") == config else "smoke"
