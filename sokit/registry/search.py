@@ -143,7 +143,7 @@ register(Experiment(
                 "best final training MSE per search, mean and std over searches",
     configs={
         "smoke": {**_BASE, **_DATA["smoke"], "methods": _ALL, "searches": 2, "experiments": 4, "iterations": 5},
-        "quick": {**_BASE, **_DATA["quick"], "methods": _ALL, "searches": 6, "experiments": 16, "iterations": 20},
+        "quick": {**_BASE, **_DATA["quick"], "methods": _ALL, "searches": 5, "experiments": 16, "iterations": 15},
         "full": {**_BASE, **_DATA["full"], "methods": _ALL, "searches": 100, "experiments": 100, "iterations": 100},
     },
     run=run_table4_1,
@@ -156,7 +156,7 @@ register(Experiment(
                 "1-NN interpolated landscape (log10 learning rate, prescale)",
     configs={
         "smoke": {**_BASE, **_DATA["smoke"], "methods": _THREE, "searches": 1, "experiments": 9, "iterations": 5},
-        "quick": {**_BASE, **_DATA["quick"], "methods": _THREE, "searches": 1, "experiments": 49, "iterations": 20},
+        "quick": {**_BASE, **_DATA["quick"], "methods": _THREE, "searches": 1, "experiments": 25, "iterations": 15},
         "full": {**_BASE, **_DATA["full"], "methods": _THREE, "searches": 1, "experiments": 100, "iterations": 100},
     },
     run=lambda config: run_scatter(config, log_prescale=False),
@@ -170,7 +170,7 @@ register(Experiment(
         "smoke": {**_DATA["smoke"], "seed": 0, "space": SPACE_2_2, "methods": ["random"], "searches": 1,
                   "experiments": 12, "iterations": 5},
         "quick": {**_DATA["quick"], "seed": 0, "space": SPACE_2_2, "methods": ["random"], "searches": 1,
-                  "experiments": 49, "iterations": 60},
+                  "experiments": 36, "iterations": 40},
         "full": {**_DATA["full"], "seed": 0, "space": SPACE_2_2, "methods": ["random"], "searches": 1,
                  "experiments": 100, "iterations": 1000},
     },
