@@ -269,3 +269,18 @@ def test_kfac_through_the_train_loop(loss, curvature):
     assert not out["diverged"]
     assert out["train_loss"][-1] < out["train_loss"][0]
     assert opt.preconditioner.schedule.refreshes[0] == 8
+
+
+def test_preconditioner_before_torch_optimizer_matches_kfac():
+    x, y = torch.randn(6, 4), torch.randn(6, 3)
+    m1, m2 = net(10), net(10)
+    kfac = KFAC(m1, lr=0.1, damping=0.1, amortization=1, seed=5)
+    pre = KFACPreconditioner(m2, damping=0.1, amortization=1, seed=5)
+    sgd = torch.optim.SGD(m2.parameters(), lr=0.1)
+    for m, opt, step in ((m1, kfac, kfac.step), (m2, pre, lambda: (pre.precondition(), sgd.step()))):
+        out = m(x)
+        opt.curvature_backward(out, "mse")
+        mse_sum(out, y).backward()
+        step()
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q)
