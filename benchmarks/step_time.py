@@ -13,6 +13,7 @@ import argparse
 import datetime
 import time
 import json
+import os
 import re
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def main() -> None:
     name = experiments.device_name(device)
     print(f"SGD step of the autoencoder 784-1000-500-250-30-250-500-1000-784, batch 200, fp32")
     print(f"hardware: {name} ({device.type}, {torch.get_num_threads()} CPU threads), "
-          f"torch {torch.__version__}, {updates} updates per timing")
+          f"torch {torch.__version__}, {updates} updates per timing, "
+          f"load average {os.getloadavg()[0]:.1f} (other processes share this machine when it is above 0)")
     print(f"{'mode':<12}{'ms/step':>10}{'vs eager':>10}")
     for mode, ms in timings.items():
         print(f"{mode:<12}{ms:>10.3f}{timings['eager'] / ms:>9.2f}x")
@@ -58,6 +60,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "benchmark": "sgd step, autoencoder, batch 200, fp32", "updates": updates,
         "ms_per_step": timings, "speedup": {m: timings["eager"] / t for m, t in timings.items()},
+        "load_average_1min": os.getloadavg()[0],
         "provenance": experiments.provenance(device, started, time.perf_counter() - t0),
     }, indent=1) + "\n")
     print(f"wrote {out}")
