@@ -51,13 +51,15 @@ class AdaptiveAmortization:
     ``s = [mean(h), mean(h^2), mean((h R)^2)]`` with ``R`` a fixed ``(n_in, probes)``
     random Gaussian matrix (so changes of the off-diagonal covariance show too); this
     costs ``O(B n_in probes)``, against ``O(B n_in^2 + n_in^3)`` for a refresh. An
-    exponential moving average (``decay``) of the sketches since the last refresh
-    smooths the minibatch noise; the layer is due when
+    exponential moving average (``decay``) of the sketches smooths the minibatch noise;
+    the layer is due when
 
-        ||ema - s_ref|| / ||s_ref|| > tol,
+        ||ema - ema_ref|| / ||ema_ref|| > tol,
 
-    ``s_ref`` being the sketch of the minibatch used at the last refresh. ``max_interval``
-    (optional) forces a refresh after that many updates whatever the drift.
+    ``ema_ref`` being the average at the layer's last refresh (the first minibatch's
+    sketch at the first refresh), so minibatch noise alone rarely triggers a refresh
+    while a drift of the population statistics does. ``max_interval`` (optional)
+    forces a refresh after that many updates whatever the drift.
     """
 
     def __init__(self, tol: float = 0.05, check_every: int = 10, decay: float = 0.9,
@@ -103,8 +105,9 @@ class AdaptiveAmortization:
         return self.drift[layer] > self.tol
 
     def refreshed(self, step: int, layer: int, h: Tensor) -> None:
-        s = self._sketch(layer, h)
-        self.ref[layer], self.ema[layer] = s, s.clone()
+        if layer not in self.ema:
+            self.ema[layer] = self._sketch(layer, h)
+        self.ref[layer] = self.ema[layer].clone()
         self.last[layer] = step
         self.refreshes[layer] = self.refreshes.get(layer, 0) + 1
 
