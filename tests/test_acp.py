@@ -246,3 +246,37 @@ def test_property_acp_step_solves_the_local_criterion(batch, n_in, n_out, eps, a
     lW, lb = local_criterion_lstsq(h, grads, 1.0 / alpha, eps / alpha)
     torch.testing.assert_close(-dW, lW, atol=1e-8, rtol=1e-6)
     torch.testing.assert_close(-db, lb, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha, bias_correction", [(0.5, True), ("heuristic", False)])
+def test_fused_mode_equals_default_mode(alpha, bias_correction):
+    xs = torch.randn(7, 6, 4)
+    models = []
+    for fused in (False, True):
+        torch.manual_seed(11)
+        m = nn.Sequential(nn.Linear(4, 9), nn.ReLU(inplace=True), nn.Linear(9, 3, bias=False),
+                          nn.Tanh(), nn.Linear(3, 2))
+        opt = ACP(m, lr=0.1, eps=0.1, alpha=alpha, amortization=3,
+                  bias_correction=bias_correction, fused=fused)
+        for x in xs:
+            opt.zero_grad()
+            mse_sum(m(x), x[:, :2]).backward()
+            opt.step()
+        models.append(m)
+        assert opt.preconditioner.schedule.refreshes == {0: 3, 1: 3, 2: 3}
+    for p, q in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p, q)
+    opt.preconditioner.remove()
+    assert "forward" not in vars(models[1][0])
+
+
+def test_fused_mode_requires_backward():
+    m = net()
+    opt = ACP(m, lr=0.1, fused=True)
+    with torch.no_grad():
+        m(torch.randn(2, 4))  # evaluation: plain linear, nothing recorded
+    out = m(torch.randn(3, 4))
+    m[0].weight.grad = torch.zeros_like(m[0].weight)
+    with pytest.raises(RuntimeError, match="no backward pass reached"):
+        opt.step()
+    del out

@@ -28,6 +28,11 @@ Choices, all options:
 * The weight product is associated by cost: ``(W.grad - b.grad mean(h)^T) C^-1``
   (``n_out n_in^2``) or ``g^T ((h - mean h) C^-1)`` (``B n_in (n_in + n_out)``),
   whichever is cheaper for the layer's shape and batch.
+* ``fused=True``: each ``nn.Linear``'s backward computes the ACP direction in place
+  of its weight gradient (``g^T ((h - mean h) C^-1)`` replaces ``g^T h``), so the only
+  extra work per step is ``(h - mean h) C^-1``, ``B n_in^2``. After ``loss.backward()``
+  the layers' ``.grad`` then already hold the direction; :meth:`precondition` only
+  checks and counts. Same result as the default mode up to rounding.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .amortization import AdaptiveAmortization, FixedAmortization
@@ -51,19 +57,20 @@ def covariance(h: Tensor) -> Tensor:
     return hc.T @ hc / h.shape[0]
 
 
-def acp_direction(gW: Tensor, gb: Tensor, h: Tensor, g: Tensor | None, inv_c: Tensor,
+def acp_direction(gW: Tensor | None, gb: Tensor, h: Tensor, g: Tensor | None, inv_c: Tensor,
                   alpha: Tensor | float, bias_correction: bool = True) -> tuple[Tensor, Tensor]:
     """The ACP direction ``(dW, db)``, the step being ``-lr (dW, db)`` (eqs 6.2.4-6.2.5).
 
     ``gW = g^T h`` and ``gb = sum_i g_i`` are the minibatch gradients (mean loss),
     ``h`` ``(B, n_in)`` the layer input, ``g`` ``(B, n_out)`` autograd's ``dl/da`` (only
-    read when the activation-first association is cheaper), ``inv_c`` the damped
-    inverse covariance.
+    read when the activation-first association is cheaper, or when ``gW`` is None),
+    ``inv_c`` the damped inverse covariance.
     """
     B, n_in = h.shape
-    n_out = gW.shape[0]
+    n_out = gb.shape[0]
     mean_h = h.mean(0)
     if g is None or n_out * n_in <= B * (n_in + n_out):
+        gW = g.T @ h if gW is None else gW
         dW = (gW - torch.outer(gb, mean_h)) @ inv_c
     else:
         dW = g.T @ ((h - mean_h) @ inv_c)
@@ -72,6 +79,24 @@ def acp_direction(gW: Tensor, gb: Tensor, h: Tensor, g: Tensor | None, inv_c: Te
     if bias_correction:
         db = db - dW @ mean_h
     return dW, db
+
+
+class _FusedACPLinear(torch.autograd.Function):
+    """``a = h W^T + b`` whose backward returns the ACP direction for ``W`` and ``b``."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, pre, index):
+        ctx.save_for_backward(h, weight)
+        ctx.pre, ctx.index, ctx.has_bias = pre, index, bias is not None
+        return F.linear(h, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, weight = ctx.saved_tensors
+        grad_h = g @ weight if ctx.needs_input_grad[0] else None
+        with torch.no_grad():
+            dW, db = ctx.pre._fused_direction(ctx.index, h, g)
+        return grad_h, dW, (db if ctx.has_bias else None), None, None
 
 
 class ACPPreconditioner(LayerPreconditioner):
@@ -84,7 +109,8 @@ class ACPPreconditioner(LayerPreconditioner):
     def __init__(self, model: nn.Module, eps: float = 1e-3, alpha: float | str = 1.0,
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  bias_correction: bool = True, alpha_floor: float = 1e-12,
-                 skip_unsupported: bool = False, reduction: str = "mean") -> None:
+                 skip_unsupported: bool = False, reduction: str = "mean",
+                 fused: bool = False) -> None:
         if not eps > 0:
             raise ValueError(f"eps must be positive (Tikhonov damping keeps C + eps/alpha I "
                              f"invertible, section 6.3.2), got {eps!r}")
@@ -96,12 +122,37 @@ class ACPPreconditioner(LayerPreconditioner):
         self.eps, self.alpha, self.alpha_floor = eps, alpha, alpha_floor
         self.bias_correction = bias_correction
         self.inv_c: dict[int, Tensor] = {}
+        self.fused = fused
+        self._fused_done: set[int] = set()
+        if fused:
+            for i, rec in enumerate(self.layers):
+                rec.module.forward = self._fused_forward(i, rec.module)
+
+    def _fused_forward(self, index: int, module: nn.Linear):
+        def forward(h: Tensor) -> Tensor:
+            if not torch.is_grad_enabled():
+                return F.linear(h, module.weight, module.bias)
+            return _FusedACPLinear.apply(h, module.weight, module.bias, self, index)
+
+        return forward
+
+    def _alpha(self, per_example: Tensor) -> Tensor | float:
+        if self.alpha == "heuristic":
+            return per_example.pow(2).max().clamp_min(self.alpha_floor)
+        return float(self.alpha)
+
+    def _fused_direction(self, i: int, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        alpha = self._alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
+        if self.schedule.due(self.n_updates, i, h):
+            (self.inv_c[i],) = damped_inverses([covariance(h)], [self.eps / alpha])
+            self.schedule.refreshed(self.n_updates, i, h)
+        self._fused_done.add(i)
+        return acp_direction(None, g.sum(0), h, g, self.inv_c[i], alpha, self.bias_correction)
 
     def layer_alpha(self, rec: LayerRecord) -> Tensor | float:
         """Fixed alpha, or the max squared per-example preactivation gradient."""
-        if self.alpha == "heuristic":
-            return self.hooks.per_example(rec).pow(2).max().clamp_min(self.alpha_floor)
-        return float(self.alpha)
+        return self._alpha(self.hooks.per_example(rec)) if self.alpha == "heuristic" \
+            else float(self.alpha)
 
     @torch.no_grad()
     def refresh(self, items: list[tuple[int, LayerRecord, Tensor | float]]) -> None:
@@ -117,6 +168,14 @@ class ACPPreconditioner(LayerPreconditioner):
     @torch.no_grad()
     def precondition(self) -> None:
         active = self.active()
+        if self.fused:
+            missing = [rec.name for i, rec in active if i not in self._fused_done]
+            if missing:
+                raise RuntimeError(f"fused ACP: no backward pass reached layers {missing}; "
+                                   "call loss.backward() before step()/precondition()")
+            self._fused_done.clear()
+            self.finish()
+            return
         alphas = {i: self.layer_alpha(rec) for i, rec in active}
         self.refresh([(i, rec, alphas[i]) for i, rec in active
                       if self.schedule.due(self.n_updates, i, rec.h)])
@@ -126,6 +185,13 @@ class ACPPreconditioner(LayerPreconditioner):
                                    self.bias_correction)
             self.write(rec, dW, db)
         self.finish()
+
+    def remove(self) -> None:
+        """Detach the hooks and, in fused mode, restore the layers' own forward."""
+        super().remove()
+        if self.fused:
+            for rec in self.layers:
+                del rec.module.forward
 
     def _state(self) -> dict[str, Any]:
         return {"eps": self.eps, "alpha": self.alpha, "alpha_floor": self.alpha_floor,
@@ -148,6 +214,7 @@ class ACP(PreconditionedSGD):
                  alpha: float | str = 1.0,
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  bias_correction: bool = True, alpha_floor: float = 1e-12,
-                 skip_unsupported: bool = False, reduction: str = "mean") -> None:
+                 skip_unsupported: bool = False, reduction: str = "mean",
+                 fused: bool = False) -> None:
         super().__init__(ACPPreconditioner(model, eps, alpha, amortization, bias_correction,
-                                           alpha_floor, skip_unsupported, reduction), lr)
+                                           alpha_floor, skip_unsupported, reduction, fused), lr)
