@@ -63,6 +63,9 @@ _REGISTRY: dict[str, Erratum] = {}
 
 
 def _erratum(id: str, location: str, claim: str, correction: str, kind: str = "error"):
+    if any("|" in text for text in (location, claim, correction)):
+        raise ValueError(f"erratum {id!r}: write norms as \\Vert, not |, so tables render")
+
     def register(check: Callable[[], str]) -> Callable[[], str]:
         if id in _REGISTRY:
             raise ValueError(f"erratum id {id!r} registered twice")
@@ -105,10 +108,11 @@ def markdown_table(results: list[Result]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in results:
-        status = ("confirmed: " if r.confirmed else "**FAILED**: ") + r.evidence
+        evidence = r.evidence.replace("|", "\\|")  # plain text (no math): escape its pipes
+        status = ("confirmed: " if r.confirmed else "**FAILED**: ") + evidence
         cells = [f"`{r.erratum.id}`", r.erratum.location, r.erratum.claim,
                  r.erratum.correction, status]
-        rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        rows.append("| " + " | ".join(c.replace("\n", " ") for c in cells) + " |")
     return "\n".join(rows)
 
 
@@ -123,8 +127,8 @@ def _f64(*shape: int, generator: torch.Generator) -> torch.Tensor:
 @_erratum(
     "quadratic-hessian",
     "Table 3.I; appendix A.1",
-    r"$\partial^2 l / \partial f^2 = \mathbf{I}$ for $l = \|f - y\|^2$",
-    r"$\partial^2 l / \partial f^2 = 2\mathbf{I}$ (the GN of $\|f-y\|^2$ is $2 J^T J$)",
+    r"$\partial^2 l / \partial f^2 = \mathbf{I}$ for $l = \Vert f - y\Vert ^2$",
+    r"$\partial^2 l / \partial f^2 = 2\mathbf{I}$ (the GN of $\Vert f-y\Vert ^2$ is $2 J^T J$)",
 )
 def _quadratic_hessian() -> str:
     f, y = sym_vector("f", 3), sym_vector("y", 3)
@@ -141,7 +145,7 @@ def _quadratic_hessian() -> str:
     r"quadratic error: GN middle term $= \mathbf{I} =$ Fisher middle term",
     r"GN term $2\mathbf{I}$; Fisher of $\mathcal{N}(f, \sigma^2 \mathbf{I})$ is "
     r"$\mathbf{I}/\sigma^2$; they agree for $\sigma^2 = 1/2$, the Gaussian whose "
-    r"negative log-likelihood is $\|f-y\|^2$ + const",
+    r"negative log-likelihood is $\Vert f-y\Vert ^2$ + const",
 )
 def _quadratic_gn_fisher() -> str:
     f, y = sym_vector("f", 2), sym_vector("y", 2)
@@ -158,9 +162,9 @@ def _quadratic_gn_fisher() -> str:
 @_erratum(
     "kl-half",
     "Section 3.2.1",
-    r"$\mathrm{KL}(p_\theta \| p_{\theta+\Delta\theta}) = \Delta\theta^T F \Delta\theta + o(\|\Delta\theta\|^2)$ "
+    r"$\mathrm{KL}(p_\theta \,\Vert\, p_{\theta+\Delta\theta}) = \Delta\theta^T F \Delta\theta + o(\Vert \Delta\theta\Vert ^2)$ "
     "(and the same for the swapped KL)",
-    r"$\mathrm{KL} = \frac{1}{2}\Delta\theta^T F \Delta\theta + o(\|\Delta\theta\|^2)$, both directions",
+    r"$\mathrm{KL} = \frac{1}{2}\Delta\theta^T F \Delta\theta + o(\Vert \Delta\theta\Vert ^2)$, both directions",
 )
 def _kl_half() -> str:
     theta, d = sym_vector("theta", 2, real=True), sym_vector("d", 2, real=True)
@@ -247,7 +251,7 @@ def _gn_trick_sign() -> str:
     "appendix-b3-outer-product",
     "Appendix B.3",
     r"$(y/f)(y/f)^T = \mathrm{diag}(y^2/f^2)$",
-    "true only for one-hot $y$ (which is what $y \\sim p_\\theta(y|x)$ draws, so the final "
+    "true only for one-hot $y$ (which is what $y \\sim p_\\theta(y \\mid x)$ draws, so the final "
     r"$D = \mathrm{diag}(1/f)$ stands); for a soft target the outer product is not diagonal",
     kind="scope",
 )

@@ -47,3 +47,13 @@ def test_unknown_erratum():
 def test_duplicate_id_rejected():
     with pytest.raises(ValueError, match="registered twice"):
         errata._erratum("kl-half", "x", "y", "z")(lambda: "")
+
+
+def test_pipes_rejected_in_table_text():
+    with pytest.raises(ValueError, match="Vert"):
+        errata._erratum("pipe", "x", "$|x|$", "z")
+
+
+def test_evidence_pipes_escaped():
+    table = errata.markdown_table([errata.run("kl-half")])
+    assert "p_theta \\|\\| p_theta+td" in table
