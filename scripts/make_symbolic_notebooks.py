@@ -373,8 +373,8 @@ use its curvature. This chapter follows chapter 3 of {cite}`george2017`: the New
 and its damped variant, the Gauss-Newton approximation of the Hessian, the Fisher
 information matrix and the natural gradient, the structure the two matrices share, and a
 shortcut for the Gauss-Newton matrix of the cross-entropy. Every claim is checked in a
-code cell: symbolically with sympy ({mod}`sokit.symbolic`) where the statement is
-algebra, numerically against exact `torch.func` quantities ({mod}`sokit.curvature`) where
+code cell: symbolically with sympy (`sokit.symbolic`) where the statement is
+algebra, numerically against exact `torch.func` quantities (`sokit.curvature`) where
 it is about a network. Where a statement of the thesis fails its check, the cell asserts
 the discrepancy and a box gives the corrected result.
 """),
@@ -507,7 +507,7 @@ for name in ("quadratic", "cross_entropy_logits"):
 """),
     md(r"""
 The same identity, numerically, on a small tanh network in float64, with the exact
-Hessian and Gauss-Newton matrices of {mod}`sokit.curvature` (both `torch.func`). The
+Hessian and Gauss-Newton matrices of `sokit.curvature` (both `torch.func`). The
 residual term is computed separately from the Hessians of the outputs. We also check the
 thesis's remark that the residual vanishes when every prediction matches its target.
 """),
@@ -735,7 +735,7 @@ natural gradient's direction is unaffected, only the scale of its trust region.
 
 Numerically, on a small softmax network: the Hessian in $\theta$ of the KL between the
 network's predictions at $\theta_0$ and at $\theta$, averaged over inputs, equals at
-$\theta_0$ the exact Fisher from {mod}`sokit.curvature`, which in turn equals the
+$\theta_0$ the exact Fisher from `sokit.curvature`, which in turn equals the
 expectation of score outer products over the classes (summed exactly, not sampled).
 """),
     code(r"""
@@ -918,7 +918,7 @@ ERRATA = [
     md(r"""
 # Errata
 
-Each row below is produced by a check in {mod}`sokit.errata`: the check computes the
+Each row below is produced by a check in `sokit.errata`: the check computes the
 thesis's statement and our correction, and asserts that the first fails and the second
 holds. The table is regenerated every time the book is built, so a row marked
 **FAILED** would mean that a check no longer confirms its erratum (and the build stops,
