@@ -284,3 +284,28 @@ def test_preconditioner_before_torch_optimizer_matches_kfac():
         step()
     for p, q in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("loss, curvature", [("mse", "fisher"), ("cross_entropy", "gauss_newton"),
+                                             ("cross_entropy", "fisher")])
+def test_fused_mode_equals_default_mode(loss, curvature):
+    xs = torch.randn(5, 6, 4)
+    labels = torch.randint(0, 2, (5, 6))
+    models = []
+    for fused in (False, True):
+        torch.manual_seed(12)
+        m = nn.Sequential(nn.Linear(4, 9), nn.ReLU(inplace=True), nn.Linear(9, 3, bias=False),
+                          nn.Tanh(), nn.Linear(3, 2))
+        opt = KFAC(m, lr=0.1, loss=loss, curvature=curvature, damping=0.1, amortization=2,
+                   seed=4, fused=fused)
+        for x, y in zip(xs, labels):
+            out = m(x)
+            opt.curvature_backward(out, loss)
+            opt.zero_grad()
+            value = mse_sum(out, x[:, :2]) if loss == "mse" else nn.functional.cross_entropy(out, y)
+            value.backward()
+            opt.step()
+        models.append(m)
+        assert opt.preconditioner.schedule.refreshes == {0: 3, 1: 3, 2: 3}
+    for p, q in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p, q)

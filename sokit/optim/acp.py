@@ -40,7 +40,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .amortization import AdaptiveAmortization, FixedAmortization
@@ -81,24 +80,6 @@ def acp_direction(gW: Tensor | None, gb: Tensor, h: Tensor, g: Tensor | None, in
     return dW, db
 
 
-class _FusedACPLinear(torch.autograd.Function):
-    """``a = h W^T + b`` whose backward returns the ACP direction for ``W`` and ``b``."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, pre, index):
-        ctx.save_for_backward(h, weight)
-        ctx.pre, ctx.index, ctx.has_bias = pre, index, bias is not None
-        return F.linear(h, weight, bias)
-
-    @staticmethod
-    def backward(ctx, g):
-        h, weight = ctx.saved_tensors
-        grad_h = g @ weight if ctx.needs_input_grad[0] else None
-        with torch.no_grad():
-            dW, db = ctx.pre._fused_direction(ctx.index, h, g)
-        return grad_h, dW, (db if ctx.has_bias else None), None, None
-
-
 class ACPPreconditioner(LayerPreconditioner):
     """ACP as a preconditioner: :meth:`precondition` rewrites ``.grad`` in place.
 
@@ -118,30 +99,18 @@ class ACPPreconditioner(LayerPreconditioner):
             raise ValueError(f"alpha must be a positive number or 'heuristic', got {alpha!r}")
         if not alpha_floor > 0:
             raise ValueError(f"alpha_floor must be positive, got {alpha_floor!r}")
-        super().__init__(model, amortization, skip_unsupported, reduction)
+        super().__init__(model, amortization, skip_unsupported, reduction, fused)
         self.eps, self.alpha, self.alpha_floor = eps, alpha, alpha_floor
         self.bias_correction = bias_correction
         self.inv_c: dict[int, Tensor] = {}
-        self.fused = fused
-        self._fused_done: set[int] = set()
-        if fused:
-            for i, rec in enumerate(self.layers):
-                rec.module.forward = self._fused_forward(i, rec.module)
-
-    def _fused_forward(self, index: int, module: nn.Linear):
-        def forward(h: Tensor) -> Tensor:
-            if not torch.is_grad_enabled():
-                return F.linear(h, module.weight, module.bias)
-            return _FusedACPLinear.apply(h, module.weight, module.bias, self, index)
-
-        return forward
 
     def _alpha(self, per_example: Tensor) -> Tensor | float:
         if self.alpha == "heuristic":
             return per_example.pow(2).max().clamp_min(self.alpha_floor)
         return float(self.alpha)
 
-    def _fused_direction(self, i: int, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    def fused_direction(self, i: int, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """The direction of layer ``i`` from inside its backward (``fused=True``)."""
         alpha = self._alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
         if self.schedule.due(self.n_updates, i, h):
             (self.inv_c[i],) = damped_inverses([covariance(h)], [self.eps / alpha])
@@ -169,12 +138,7 @@ class ACPPreconditioner(LayerPreconditioner):
     def precondition(self) -> None:
         active = self.active()
         if self.fused:
-            missing = [rec.name for i, rec in active if i not in self._fused_done]
-            if missing:
-                raise RuntimeError(f"fused ACP: no backward pass reached layers {missing}; "
-                                   "call loss.backward() before step()/precondition()")
-            self._fused_done.clear()
-            self.finish()
+            self.fused_finish(active)
             return
         alphas = {i: self.layer_alpha(rec) for i, rec in active}
         self.refresh([(i, rec, alphas[i]) for i, rec in active
@@ -185,13 +149,6 @@ class ACPPreconditioner(LayerPreconditioner):
                                    self.bias_correction)
             self.write(rec, dW, db)
         self.finish()
-
-    def remove(self) -> None:
-        """Detach the hooks and, in fused mode, restore the layers' own forward."""
-        super().remove()
-        if self.fused:
-            for rec in self.layers:
-                del rec.module.forward
 
     def _state(self) -> dict[str, Any]:
         return {"eps": self.eps, "alpha": self.alpha, "alpha_floor": self.alpha_floor,

@@ -17,22 +17,70 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .amortization import AdaptiveAmortization, FixedAmortization, as_schedule
 from .hooks import LayerRecord, LinearHooks
 
 
+class _FusedLinear(torch.autograd.Function):
+    """``a = h W^T + b`` whose backward returns the preconditioned direction for ``W``, ``b``."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, pre, index):
+        ctx.save_for_backward(h, weight)
+        ctx.pre, ctx.index, ctx.has_bias = pre, index, bias is not None
+        return F.linear(h, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, weight = ctx.saved_tensors
+        grad_h = g @ weight if ctx.needs_input_grad[0] else None
+        with torch.no_grad():
+            dW, db = ctx.pre.fused_direction(ctx.index, h, g)
+        return grad_h, dW, (db if ctx.has_bias else None), None, None
+
+
 class LayerPreconditioner:
-    """Base class: hooks, an amortization schedule and an update counter."""
+    """Base class: hooks, an amortization schedule and an update counter.
+
+    ``fused=True`` (for subclasses with a ``fused_direction(index, h, g)``) replaces each
+    layer's forward by one whose backward writes the preconditioned direction into
+    ``.grad`` directly, instead of the gradient ``g^T h`` that would be rewritten later:
+    that saves the ``B n_in n_out`` weight-gradient product per layer and step.
+    """
 
     def __init__(self, model: nn.Module,
                  amortization: int | FixedAmortization | AdaptiveAmortization = 1,
-                 skip_unsupported: bool = False, reduction: str = "mean") -> None:
+                 skip_unsupported: bool = False, reduction: str = "mean",
+                 fused: bool = False) -> None:
         self.model = model
         self.hooks = LinearHooks(model, skip_unsupported=skip_unsupported, reduction=reduction)
         self.schedule = as_schedule(amortization)
         self.n_updates = 0
+        self.fused = fused
+        self._fused_done: set[int] = set()
+        if fused:
+            for i, rec in enumerate(self.layers):
+                rec.module.forward = self._fused_forward(i, rec.module)
+
+    def _fused_forward(self, index: int, module: nn.Linear):
+        def forward(h: Tensor) -> Tensor:
+            if not torch.is_grad_enabled():
+                return F.linear(h, module.weight, module.bias)
+            return _FusedLinear.apply(h, module.weight, module.bias, self, index)
+
+        return forward
+
+    def fused_finish(self, active: list[tuple[int, LayerRecord]]) -> None:
+        """End of a fused update: every active layer must have run its fused backward."""
+        missing = [rec.name for i, rec in active if i not in self._fused_done]
+        if missing:
+            raise RuntimeError(f"fused mode: no backward pass reached layers {missing}; "
+                               "call loss.backward() before step()/precondition()")
+        self._fused_done.clear()
+        self.finish()
 
     @property
     def layers(self) -> list[LayerRecord]:
@@ -84,8 +132,12 @@ class LayerPreconditioner:
         self._load_state(state)
 
     def remove(self) -> None:
-        """Detach the hooks from the model."""
+        """Detach the hooks and, in fused mode, restore the layers' own forward."""
         self.hooks.remove()
+        if self.fused:
+            for rec in self.layers:
+                del rec.module.forward
+            self.fused = False
 
 
 def clone_tensors(d: dict[int, Tensor]) -> dict[int, Tensor]:

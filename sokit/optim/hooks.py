@@ -116,6 +116,11 @@ class LinearHooks:
 
         return hook
 
+    @property
+    def in_curvature_pass(self) -> bool:
+        """True inside :meth:`curvature_pass`."""
+        return self._mode == "curvature"
+
     @contextmanager
     def curvature_pass(self) -> Iterator[None]:
         """Route the gradients of backward passes run inside to ``g_curvature``."""

@@ -34,6 +34,9 @@ and ``G + sqrt(gamma) I``. Factors are estimated from the current minibatch and
 inverted (batched Cholesky) every ``amortization`` updates, as in the thesis's
 experiments (section 6.5.2); there is no running average.
 
+``fused=True``: the layers' backward computes ``(g G^-1)^T ([h 1] A^-1)`` in place
+of their weight gradient (see :class:`~sokit.optim.base.LayerPreconditioner`).
+
 Extra backward pass: the train loop calls :meth:`KFACPreconditioner.curvature_backward`
 ``(output, loss)`` after the forward pass and before ``loss.backward()``; on refresh
 steps it back-propagates the probes with ``torch.autograd.grad`` (``.grad`` untouched).
@@ -77,21 +80,23 @@ def factor_dampings(A: Tensor, G: Tensor, gamma: float, damping: str) -> tuple[T
     return pi * root, root / pi
 
 
-def kfac_direction(gW: Tensor, gb: Tensor | None, h: Tensor, g: Tensor | None,
+def kfac_direction(gW: Tensor | None, gb: Tensor | None, h: Tensor, g: Tensor | None,
                    inv_a: Tensor, inv_g: Tensor) -> Tensor:
     """``G^-1 [gW gb] A^-1``, i.e. ``(A kron G)^-1 vec([gW gb])``; shape ``(n_out, m)``.
 
     Associated by cost: ``(G^-1 X) A^-1`` costs ``n_out m (n_out + m)`` with ``m`` the
     columns of ``X = [gW gb] = g^T [h 1]``; through the minibatch,
     ``(g G^-1)^T ([h 1] A^-1)`` costs ``B (n_out^2 + m^2 + n_out m)``, which is
-    cheaper for wide layers and small batches.
+    cheaper for wide layers and small batches. ``gW=None`` (fused mode) means the
+    gradient is not formed yet (``gb`` is then only a flag for the bias column).
     """
-    n_out, m = gW.shape[0], inv_a.shape[0]
+    n_out, m = inv_g.shape[0], inv_a.shape[0]
     B = h.shape[0]
-    if g is not None and B * (n_out * n_out + m * m + n_out * m) < n_out * m * (n_out + m):
-        h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=1) if gb is not None else h
+    h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=1) if gb is not None else h
+    factored = n_out * m * (n_out + m) + (B * n_out * m if gW is None else 0)
+    if g is not None and B * (n_out * n_out + m * m + n_out * m) < factored:
         return (g @ inv_g).T @ (h1 @ inv_a)
-    X = torch.cat([gW, gb[:, None]], dim=1) if gb is not None else gW
+    X = g.T @ h1 if gW is None else torch.cat([gW, gb[:, None]], dim=1) if gb is not None else gW
     return inv_g @ X @ inv_a
 
 
@@ -106,7 +111,8 @@ class KFACPreconditioner(LayerPreconditioner):
                  damping: float = 1e-3, damping_split: str = "pi",
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  gn_probes: str = "rademacher", seed: int = 0,
-                 skip_unsupported: bool = False, reduction: str = "mean") -> None:
+                 skip_unsupported: bool = False, reduction: str = "mean",
+                 fused: bool = False) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if curvature not in CURVATURES:
@@ -118,7 +124,7 @@ class KFACPreconditioner(LayerPreconditioner):
             raise ValueError(f"damping_split must be 'pi' or 'plain', got {damping_split!r}")
         if gn_probes not in ("rademacher", "exact"):
             raise ValueError(f"gn_probes must be 'rademacher' or 'exact', got {gn_probes!r}")
-        super().__init__(model, amortization, skip_unsupported, reduction)
+        super().__init__(model, amortization, skip_unsupported, reduction, fused)
         self.loss, self.curvature, self.damping = loss, curvature, damping
         self.damping_split, self.gn_probes, self.seed = damping_split, gn_probes, seed
         self.generator: torch.Generator | None = None
@@ -129,6 +135,7 @@ class KFACPreconditioner(LayerPreconditioner):
         self._plan: list[int] | None = None
         self._probed = False
         self._g_sums: dict[int, Tensor] = {}
+        self._fresh: set[int] = set()
 
     @property
     def uses_main_gradient(self) -> bool:
@@ -216,11 +223,27 @@ class KFACPreconditioner(LayerPreconditioner):
         for k, (ia, ig) in enumerate(zip(damped_inverses(As, dA), damped_inverses(Gs, dG))):
             i = due[k]
             self.A[i], self.G[i], self.inv_a[i], self.inv_g[i] = As[k], Gs[k], ia, ig
+            self._fresh.add(i)
             self.schedule.refreshed(self.n_updates, i, self.layers[i].h)
+
+    def fused_direction(self, i: int, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The direction of layer ``i`` from inside its backward (``fused=True``)."""
+        if self.hooks.in_curvature_pass:
+            return g.T @ h, g.sum(0)  # the probes' pass only needs dl/da: plain gradient
+        if i in self.plan() and i not in self._fresh:
+            self.refresh([i])
+        has_bias = self.layers[i].module.bias is not None
+        D = kfac_direction(None, g.sum(0) if has_bias else None, h, g,
+                           self.inv_a[i], self.inv_g[i])
+        self._fused_done.add(i)
+        return D[:, : h.shape[1]], (D[:, -1] if has_bias else None)
 
     @torch.no_grad()
     def precondition(self) -> None:
         active = self.active()
+        if self.fused:
+            self.fused_finish(active)
+            return
         self.refresh(self.plan())
         for i, rec in active:
             gW, gb = self.grads(rec)
@@ -232,6 +255,7 @@ class KFACPreconditioner(LayerPreconditioner):
 
     def finish(self) -> None:
         self._plan, self._probed, self._g_sums = None, False, {}
+        self._fresh = set()
         super().finish()
 
     def _state(self) -> dict[str, Any]:
@@ -264,7 +288,8 @@ class KFAC(PreconditionedSGD):
                  curvature: str = "fisher", damping: float = 1e-3, damping_split: str = "pi",
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  gn_probes: str = "rademacher", seed: int = 0,
-                 skip_unsupported: bool = False, reduction: str = "mean") -> None:
+                 skip_unsupported: bool = False, reduction: str = "mean",
+                 fused: bool = False) -> None:
         super().__init__(KFACPreconditioner(model, loss, curvature, damping, damping_split,
                                             amortization, gn_probes, seed, skip_unsupported,
-                                            reduction), lr)
+                                            reduction, fused), lr)
