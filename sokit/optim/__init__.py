@@ -12,6 +12,12 @@ ACP (Algorithm 4)             :class:`ACPPreconditioner`         :class:`ACP`
 KFAC, GN or Fisher (6.4.1)    :class:`KFACPreconditioner`        :class:`KFAC`
 ============================  =================================  ==========================
 
+``amortization`` is an ``int`` N (refresh every N updates, Algorithm 4) or an
+:class:`AdaptiveAmortization` (refresh a layer when its input statistics drift).
+``fused=True`` (ACP, KFAC) computes the direction inside each layer's backward.
+KFAC's optimizer and preconditioner have ``curvature_backward(output, loss)``, which
+:func:`sokit.train.train` calls between the forward and the backward pass.
+
 Natural Neural Networks (:mod:`sokit.optim.nnn`) and UBP (:mod:`sokit.optim.ubp`)
 live in their own modules.
 """

@@ -32,7 +32,8 @@ Damping ``gamma`` (Tikhonov, section 3.1.3) is split over the factors:
 floored at 1e-12 so a dead layer stays finite); ``damping="plain"``: ``A + sqrt(gamma) I``
 and ``G + sqrt(gamma) I``. Factors are estimated from the current minibatch and
 inverted (batched Cholesky) every ``amortization`` updates, as in the thesis's
-experiments (section 6.5.2); there is no running average.
+experiments (section 6.5.2); there is no running average. Both factors are means over
+the examples (per-example gradients, whatever the loss's ``reduction``).
 
 ``fused=True``: the layers' backward computes ``(g G^-1)^T ([h 1] A^-1)`` in place
 of their weight gradient (see :class:`~sokit.optim.base.LayerPreconditioner`).
