@@ -11,6 +11,15 @@ from sokit.population import Population, population_loss, train_population
 from sokit.losses import mse_sum, cross_entropy
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread avoids OpenMP synchronisation on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _batches(n, B, n_in, n_out, seed, labels=False):
     g = torch.Generator().manual_seed(seed)
     for _ in range(n):
@@ -122,3 +131,29 @@ def test_member_roundtrip_and_bad_input():
     with pytest.raises(ValueError, match="CUDA"):
         from sokit.population import cuda_graph_step
         cuda_graph_step(pop, (2, 784), (2, 784))
+
+
+def test_search_over_a_population_where_a_third_diverge():
+    """Lockstep random searches whose populations lose a third of their members to
+    divergence: the searches complete and record exactly those trials as diverged."""
+    from sokit.search import LogUniform, RandomSearch, Space, run_lockstep
+    space = Space({"lr": LogUniform(1e-2, 1e-1)})
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(6, 6, generator=g, dtype=torch.float64) / 3
+    x = torch.randn(64, 6, generator=g, dtype=torch.float64)
+    blown = []
+
+    def evaluate(configs, r):
+        lr = [c["lr"] for c in configs]
+        for i in range(r % 3, len(lr), 3):  # every third member gets a huge learning rate
+            lr[i] = 1e5
+            blown.append((r, i))
+        pop = Population.init([6, 16, 6], ["relu", "linear"], lr=lr, prescale=[2.0] * len(lr),
+                              seeds=[100 * r + i for i in range(len(lr))], dtype=torch.float64)
+        out = train_population(pop, ((x, x @ A) for _ in iter(int, 1)), 60, eval_data=(x, x @ A))
+        return out["final_loss"].tolist()
+
+    hs = run_lockstep([RandomSearch(space, seed=s) for s in range(6)], evaluate, 4)
+    diverged = sorted((t.number, s) for s, h in enumerate(hs) for t in h.trials if t.status == "diverged")
+    assert diverged == sorted(blown) and len(diverged) == 4 * 2
+    assert all(t.status == "ok" and t.cost < 1.0 for h in hs for t in h.trials if (t.number, hs.index(h)) not in blown)
