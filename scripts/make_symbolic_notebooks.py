@@ -95,6 +95,9 @@ differs from the computed Hessian, and $2\mathbf{I}$ matches.
 check_differs(H_quadratic, sp.eye(3), "A.1 as printed: d2l/df2 = I")
 check_equal(H_quadratic, 2 * sp.eye(3), "A.1 corrected: d2l/df2 = 2 I")
 assert errata.run("quadratic-hessian").confirmed
+# a factor 2 in the curvature rescales a damped Newton step and its damping
+Hm, eps = sp.Matrix(2, 2, sp.symbols("h0 h1 h1 h2", real=True)), sp.Symbol("epsilon", positive=True)
+check_equal((2 * Hm + eps * sp.eye(2)).inv(), (Hm + eps / 2 * sp.eye(2)).inv() / 2, "(2H + eps I)^-1")
 """),
     md(r"""
 ```{admonition} Erratum (appendix A.1, Table 3.I)
@@ -102,8 +105,9 @@ assert errata.run("quadratic-hessian").confirmed
 For $l = \|f - y\|^2$ the second derivative is $\partial^2 l/\partial f^2 = 2\mathbf{I}$,
 not $\mathbf{I}$; the Gauss-Newton matrix of this loss is $2 J^T J$. The thesis's
 $\mathbf{I}$ is the Hessian of $\frac{1}{2}\|f-y\|^2$. A constant factor in the
-curvature only rescales a Newton step (and is absorbed by the learning rate or the
-damping), which is why it does no harm in practice. See the [errata](../errata.ipynb).
+curvature only rescales a Newton step: $(2H + \epsilon I)^{-1} = \frac{1}{2}(H + \frac{\epsilon}{2}I)^{-1}$,
+so rescaling the learning rate and the damping absorbs it, which is why it does no harm
+in practice. See the [errata](../errata.ipynb).
 ```
 """),
     md(r"""
@@ -811,8 +815,13 @@ Since $J_i\Delta\theta$ is the first order change $\Delta f_i$ of the output for
 $i$, the quadratic form is an average over examples of output-space norms:
 $\Delta\theta^T\left(\frac{1}{n}\sum_i J_i^T D_i J_i\right)\Delta\theta = \frac{1}{n}\sum_i \Delta f_i^T D_i \Delta f_i$.
 Both Gauss-Newton and natural gradient thus penalize steps that move some outputs a lot,
-measured by $D_i$. For the cross-entropies $D_i$ grows as a predicted probability
-approaches 0 (Table 3.II), so examples predicted with confidence weigh more.
+measured by $D_i$, which spreads the effect of an update over the examples. How $D_i$
+weighs an example depends on the output space it is read in. On probabilities,
+$D = \operatorname{diag}(1/f)$ (Table 3.II) makes a given change of a small predicted
+probability expensive, so confident predictions weigh more, as the thesis notes. On
+logits, $D = \operatorname{diag}(p) - pp^T$ vanishes as the softmax saturates. Both
+describe the same Fisher (checked in section 3.4 below), because a saturated softmax
+also barely moves its probabilities.
 """),
     code(r"""
 dtheta = torch.randn(theta0.numel(), dtype=torch.float64)
@@ -823,6 +832,9 @@ torch.testing.assert_close(dtheta @ F_exact @ dtheta,
 step = 1e-6                                                                 # J dtheta is the first order change
 torch.testing.assert_close((logits_at(theta0 + step * dtheta) - logits_at(theta0)) / step, delta_f,
                            atol=1e-5, rtol=1e-5)
+z_confident = torch.tensor([[8.0, 0.0, 0.0]], dtype=torch.float64)     # a confident prediction
+assert curvature.fisher_middle(torch.softmax(z_confident, 1), "categorical", "probs").max() > 1e3
+assert curvature.fisher_middle(z_confident, "categorical", "logits").abs().max() < 1e-3
 """),
     md(r"""
 ## 3.4 A cheaper Gauss-Newton matrix for the cross-entropy
@@ -877,7 +889,7 @@ GN_probs = curvature.gauss_newton(probs_net, ce_probs, xc, labels)
 torch.testing.assert_close(GN_probs, grads.T @ grads / xc.shape[0])
 """),
     md(r"""
-#### Which claim holds where
+### Which claim holds where
 
 The Gauss-Newton matrix depends on where the network is cut into "model" and "loss".
 Cutting the same network at the logits gives the Gauss-Newton matrix
@@ -904,8 +916,9 @@ assert torch.linalg.matrix_rank(GN_probs) <= xc.shape[0] < torch.linalg.matrix_r
 | loss on logits $z$ | $J_z^T(\operatorname{diag}(p)-pp^T)J_z$ | no | yes, for any labels |
 
 Both rows are asserted in the cells above. The shortcut of eq 3.4.1 is exact for the
-Gauss-Newton matrix of the probability cut; what it buys is the empirical Fisher, whose
-relation to the true Fisher is only an expectation {cite}`martens2015kfac`.
+Gauss-Newton matrix of the probability cut; what it buys is the empirical Fisher, which
+agrees with the true Fisher only in expectation over labels drawn from the model
+(Table 3.III), not for the labels of the data set.
 """),
 ]
 
