@@ -34,6 +34,7 @@ from sokit.symbolic import (
     sym_matrix,
     sym_symmetric,
     sym_vector,
+    unvec,
     vec,
 )
 
@@ -118,6 +119,39 @@ def markdown_table(results: list[Result]) -> str:
 
 def _f64(*shape: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------------
+# chapter 2
+
+
+@_erratum(
+    "parameter-jacobians",
+    "Section 2.1.2",
+    r"$\mathbf{J}_{a_l}^{W_l} = \nabla_{a_l} l\, h_{l-1}^T$ and "
+    r"$\mathbf{J}_{a_l}^{b_l} = \nabla_{a_l} l$ (called the Jacobians of $a_l$)",
+    r"these are the loss gradients $\nabla_{W_l} l$ and $\nabla_{b_l} l$; the Jacobians of "
+    r"$a_l = W_l h_{l-1} + b_l$ are $\mathbf{J}_{a_l}^{\mathrm{vec}(W_l)} = h_{l-1}^T \otimes \mathbf{I}$ "
+    r"and $\mathbf{J}_{a_l}^{b_l} = \mathbf{I}$ (as section 6.2 has them)",
+)
+def _parameter_jacobians() -> str:
+    gen = torch.Generator().manual_seed(0)
+    n_in, n_out = 3, 2
+    h, t = _f64(n_in, generator=gen), _f64(n_out, generator=gen)
+    W, b = _f64(n_out, n_in, generator=gen), _f64(n_out, generator=gen)
+    a_of = lambda w_vec, bias: unvec(w_vec, (n_out, n_in)) @ h + bias  # noqa: E731
+    jac_w, jac_b = torch.func.jacrev(a_of, argnums=(0, 1))(vec(W), b)
+    eye = torch.eye(n_out, dtype=torch.float64)
+    torch.testing.assert_close(jac_w, kron(h[None, :], eye))
+    torch.testing.assert_close(jac_b, eye)
+    loss = lambda w, bias: ((w @ h + bias - t) ** 2).sum()  # noqa: E731
+    grad_w, grad_b = torch.func.grad(loss, argnums=(0, 1))(W, b)
+    dl_da = 2 * (W @ h + b - t)
+    torch.testing.assert_close(grad_w, torch.outer(dl_da, h))
+    torch.testing.assert_close(grad_b, dl_da)
+    assert jac_w.shape != torch.outer(dl_da, h).shape and not torch.allclose(jac_b, dl_da)
+    return ("dl/da h^T and dl/da match autograd's dl/dW and dl/db; the Jacobians of a are "
+            f"h^T kron I (shape {tuple(jac_w.shape)}) and I")
 
 
 # ---------------------------------------------------------------------------
