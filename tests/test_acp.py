@@ -141,15 +141,15 @@ def test_amortization_keeps_inverse_between_refreshes():
     torch.testing.assert_close(invs[3], expect)
 
 
-@pytest.mark.parametrize("alpha", [1.0, "heuristic"])
-def test_singular_covariance_never_gives_nan(alpha):
+@pytest.mark.parametrize("alpha, fused", [(1.0, False), ("heuristic", False), ("heuristic", True)])
+def test_singular_covariance_never_gives_nan(alpha, fused):
     """Dead ReLUs, constant inputs, batch smaller than n_in, float32."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10), nn.ReLU(),
                       nn.Linear(10, 20)).float()
     with torch.no_grad():
         m[2].bias.fill_(-100.0)  # every unit of the second ReLU is dead
-    opt = ACP(m, lr=0.5, eps=1e-6, alpha=alpha, amortization=2)
+    opt = ACP(m, lr=0.5, eps=1e-6, alpha=alpha, amortization=2, fused=fused)
     for t in range(6):
         x = torch.rand(4, 20, dtype=torch.float32)  # batch 4 < n_in 20 and 30
         x[:, :5] = 0.3  # constant pixels

@@ -48,7 +48,9 @@ class LayerPreconditioner:
     ``fused=True`` (for subclasses with a ``fused_direction(index, h, g)``) replaces each
     layer's forward by one whose backward writes the preconditioned direction into
     ``.grad`` directly, instead of the gradient ``g^T h`` that would be rewritten later:
-    that saves the ``B n_in n_out`` weight-gradient product per layer and step.
+    that saves the ``B n_in n_out`` weight-gradient product per layer and step. The
+    layers' ``forward`` stays replaced until :meth:`remove` (save the model with its
+    ``state_dict``; do not pickle or deep-copy it while fused).
     """
 
     def __init__(self, model: nn.Module,
