@@ -194,14 +194,15 @@ def test_amortized_updates_skip_the_curvature_pass():
     assert opt.preconditioner.schedule.refreshes == {0: 2, 1: 2}  # updates 0 and 3
 
 
-def test_no_nan_with_dead_units_and_constant_inputs():
+@pytest.mark.parametrize("fused", [False, True])
+def test_no_nan_with_dead_units_and_constant_inputs(fused):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10), nn.ReLU(),
                       nn.Linear(10, 20)).float()
     with torch.no_grad():
         m[2].bias.fill_(-100.0)
     for curvature in ("fisher", "gauss_newton"):
-        opt = KFAC(m, lr=0.5, damping=1e-8, curvature=curvature, amortization=2)
+        opt = KFAC(m, lr=0.5, damping=1e-8, curvature=curvature, amortization=2, fused=fused)
         for _ in range(4):
             x = torch.rand(4, 20, dtype=torch.float32)
             x[:, :5] = 0.3
