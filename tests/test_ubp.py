@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import hessian as func_hessian
 
 from sokit import curvature, losses
-from sokit.optim.ubp import UBP, blocks, preactivation_hvp, ubp_sweep
+from sokit.optim.ubp import UBP, blocks, carried_jacobians, preactivation_hvp, ubp_sweep
 
 torch.set_default_dtype(torch.float64)
 
@@ -52,8 +52,8 @@ def sweep(model, x, y, loss, lr, hessian="exact", compress=True):
     return ubp_sweep(model, inputs, preacts, out, g, loss, lr, hessian, compress), inputs
 
 
-def true_signal(model, steps, inputs, k, x_unused, y, loss) -> torch.Tensor:
-    """dL/dh at block k's input after applying the updates of blocks k and above."""
+def true_signal(model, steps, inputs, k, y, loss) -> torch.Tensor:
+    """dL/dh at block k's input after applying the updates of blocks k and above (UBP's target)."""
     moved = copy.deepcopy(model)
     mb = blocks(moved)
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_exact_signal_error_is_second_order(loss):
         steps, inputs = sweep(model, x, y, loss, lr, "exact")
         e, s = [], []
         for k in range(1, len(steps)):
-            truth = true_signal(model, steps, inputs, k, x, y, loss)
+            truth = true_signal(model, steps, inputs, k, y, loss)
             e.append((steps[k].signal - truth).norm())
             s.append((plain_signal(model, inputs, k, y, loss) - truth).norm())
         errors.append(torch.stack(e))
@@ -116,7 +116,7 @@ def test_gn_signal_error_is_first_order_on_a_nonlinear_net():
     err = []
     for lr in (0.02, 0.01):
         steps, inputs = sweep(model, x, y, "mse", lr, "gn")
-        err.append((steps[1].signal - true_signal(model, steps, inputs, 1, x, y, "mse")).norm())
+        err.append((steps[1].signal - true_signal(model, steps, inputs, 1, y, "mse")).norm())
     assert 1.6 < err[0] / err[1] < 2.6
 
 
@@ -131,7 +131,7 @@ def test_gn_equals_exact_for_linear_net_and_quadratic_loss():
         torch.testing.assert_close(a.dW, b.dW)
     # so the Gauss-Newton signal is then second-order accurate too
     gn, inputs = sweep(model, x, y, "mse", 0.01, "gn")
-    truth = true_signal(model, gn, inputs, 1, x, y, "mse")
+    truth = true_signal(model, gn, inputs, 1, y, "mse")
     assert (gn[1].signal - truth).norm() < 0.1 * (plain_signal(model, inputs, 1, y, "mse") - truth).norm()
 
 
@@ -190,6 +190,17 @@ def test_sweep_matches_torch_func_reference(loss, hessian, compress):
         torch.testing.assert_close(s.dW, dws[k])
         if k > 0:
             torch.testing.assert_close(s.signal, signals[k])
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_carried_jacobians_give_the_gauss_newton_blocks(loss):
+    model = tiny(code_linear=False)
+    x, y = batch(loss)
+    _, preacts, out, _ = record(model, x, y, loss)
+    D = curvature.output_hessian(losses.get(loss), out, y) / x.shape[0]
+    for blk, J in zip(blocks(model), carried_jacobians(model, preacts, out, loss)):
+        Ja = curvature.preactivation_jacobian(model, blk.linear, x)
+        torch.testing.assert_close(J.transpose(1, 2) @ J, Ja.transpose(1, 2) @ D @ Ja)
 
 
 def test_optimizer_applies_the_sweep_and_round_trips_state():

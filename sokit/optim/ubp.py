@@ -41,7 +41,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp
 
-__all__ = ["UBP", "Block", "LayerStep", "blocks", "ubp_sweep", "output_hessian_factor", "preactivation_hvp"]
+__all__ = [
+    "UBP", "Block", "LayerStep", "blocks", "ubp_sweep", "output_hessian_factor", "preactivation_hvp",
+    "carried_jacobians", "forward_record",
+]
 
 HESSIANS = ("gn", "exact")
 LOSSES = ("mse", "cross_entropy")
@@ -171,6 +174,39 @@ def _times_weight(jac: Tensor, weight: Tensor, compress: bool) -> Tensor:
     if compress and out.shape[1] >= 4 * out.shape[2]:
         out = torch.linalg.qr(out, mode="r")[1]
     return out
+
+
+def forward_record(model: nn.Sequential, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Forward pass keeping each block's input ``h`` and preactivation ``a`` (bottom
+    first) and the output: what :func:`ubp_sweep` needs besides ``dL/df``."""
+    inputs, preacts = [], []
+    h = x
+    with torch.no_grad():
+        for blk in blocks(model):
+            inputs.append(h)
+            h = blk.linear(h)
+            preacts.append(h)
+            for act in blk.activations:
+                h = act(h)
+    return inputs, preacts, h
+
+
+def carried_jacobians(model: nn.Sequential, preacts: list[Tensor], output: Tensor, loss: str) -> list[Tensor]:
+    """The ``J_i`` of Algorithm 2 at every block's preactivation, bottom first; ``(B, m, n_l)``.
+
+    ``J_i^T J_i`` is the Gauss-Newton block ``(da/dF)^T (d2L/df2) (df/da)`` of example ``i``
+    (section 5.5's matrix); uncompressed, so it is ``sqrt(d2L/df2)`` times the Jacobian
+    of the output w.r.t. the preactivation.
+    """
+    bl = blocks(model)
+    jac = output_hessian_factor(output.detach(), loss)
+    out: list[Tensor] = []
+    with torch.no_grad():
+        for blk, a in zip(reversed(bl), reversed(preacts)):
+            jac = _scale_columns(jac, blk.derivative(a.detach()))
+            out.append(torch.diag_embed(jac) if jac.dim() == 2 else jac)
+            jac = _times_weight(jac, blk.linear.weight, compress=False)
+    return out[::-1]
 
 
 def ubp_sweep(
