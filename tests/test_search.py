@@ -8,6 +8,18 @@ import pytest
 from sokit.search import (BiasedRandomSearch, GridSearch, Integer, LogUniform, NearestNeighbour, RandomSearch,
                           Space, Uniform, acceptance_probability, run_lockstep, run_search)
 
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models: one thread avoids OpenMP synchronisation on a shared CPU."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SPACE = Space({"lr": LogUniform(1e-7, 1e2), "prescale": Uniform(10, 20)})
 
 
@@ -124,3 +136,55 @@ def test_lockstep_equals_sequential_searches():
         return [quadratic(c) for c in configs]
     hs = run_lockstep([RandomSearch(SPACE, seed=s) for s in range(2)], flaky, 4)
     assert [t.status for t in hs[0].trials] == ["ok", "ok", "failed", "ok"]
+
+
+# ------------------------------------------------------------ registered experiments
+def test_registered_experiments_follow_the_thesis():
+    from sokit.experiments import registry
+    exps = registry()
+    full = exps["table4_1"].configs["full"]
+    assert (full["searches"], full["experiments"], full["iterations"]) == (100, 100, 100)
+    assert full["space"] == {"lr": [1e-7, 1e2], "prescale": [10.0, 20.0]}
+    assert set(full["methods"]) == {"grid", "random", "biased_random", "tpe"}
+    assert exps["fig4_1"].configs["full"]["methods"] == ["grid", "random", "biased_random"]
+    for name in ("table4_1", "fig4_1", "fig2_2"):
+        assert set(exps[name].configs) == {"smoke", "quick", "full"}
+        for cfg in exps[name].configs.values():  # a grid search must not run out of points
+            if "grid" in cfg["methods"]:
+                assert round(cfg["experiments"] ** 0.5) ** 2 == cfg["experiments"]
+
+
+def test_table4_1_runs_end_to_end_on_a_stand_in_dataset(monkeypatch):
+    import torch
+    from sokit import data
+    from sokit.registry import search as reg
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 784, generator=g)
+    monkeypatch.setattr(data, "load", lambda name, device="cpu": data.Dataset(name, x, torch.zeros(64, dtype=torch.long),
+                                                                              x[:8], torch.zeros(8, dtype=torch.long)))
+    cfg = {**reg.registry_config("table4_1", "smoke"), "n_train": 64, "n_eval": 16, "batch": 8, "iterations": 2,
+           "searches": 2, "experiments": 4}
+    res = reg.run_table4_1(cfg)
+    assert set(res["methods"]) == {"grid", "random", "biased_random", "tpe"}
+    assert res["model_steps"] == 4 * 2 * 4 * 2 and res["population_size"] == 8
+    for m, s in res["methods"].items():
+        assert len(s["best"]) == 2 and all(0 < b < 784 for b in s["best"])
+        np.testing.assert_allclose(s["mean"], np.mean(s["best"]))
+    rows = reg.table4_1_rows({"results": res})
+    assert [r["thesis mean"] for r in rows] == [27.23, 27.02, 26.61, None]
+    cfg41 = {**cfg, "methods": ["grid", "random", "biased_random"], "searches": 1}
+    rec = {"config": cfg41, "results": reg.run_scatter(cfg41, log_prescale=False)}
+    assert [len(h) for h in rec["results"]["histories"].values()] == [4, 4, 4]
+    import matplotlib
+    matplotlib.use("Agg")
+    assert len(reg.plot_fig4_1(rec).axes) == 4  # three panels and a colour bar
+
+
+def test_landscape_is_nearest_neighbour_with_diverged_as_worst():
+    from sokit.registry.search import landscape
+    space = Space({"lr": LogUniform(1e-4, 1e0), "prescale": Uniform(10, 20)})
+    hist = [{"config": {"lr": 1e-4 * 10 ** 0.4, "prescale": 12.0}, "cost": 5.0},
+            {"config": {"lr": 1e-4 * 10 ** 3.6, "prescale": 18.0}, "cost": None},
+            {"config": {"lr": 1e-4 * 10 ** 3.6, "prescale": 12.0}, "cost": 9.0}]
+    u1, u2, grid = landscape(hist, space, resolution=10)
+    assert grid[1, 1] == 5.0 and grid[8, 8] == 9.0 and grid[1, 8] == 9.0  # rows: prescale, columns: lr

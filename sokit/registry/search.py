@@ -178,6 +178,12 @@ register(Experiment(
 ))
 
 
+def registry_config(name: str, profile: str) -> dict[str, Any]:
+    """A copy of the registered configuration of ``name`` under ``profile``."""
+    from sokit.experiments import get
+    return dict(get(name).configs[profile])
+
+
 # ------------------------------------------------------------------------- plotting
 def landscape(history: list[dict], space: Space, resolution: int = 200):
     """The 1-NN interpolated cost landscape of a stored history on a regular grid of the
