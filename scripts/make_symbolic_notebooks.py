@@ -969,8 +969,9 @@ These cannot be checked by computation and are listed for completeness:
 
 The derivations behind the rows of the table are in [chapter 3](chapters/03_second_order.ipynb),
 [appendix A](chapters/appendix_a_loss_derivatives.ipynb) and
-[appendix B](chapters/appendix_b_fisher.ipynb); the chapter 6 rows concern the local
-criterion, the ACP algorithm and its damping.
+[appendix B](chapters/appendix_b_fisher.ipynb); the chapter 2 row concerns the
+backpropagation formulas, and the chapter 6 rows the local criterion, the ACP algorithm
+and its damping.
 """),
 ]
 
