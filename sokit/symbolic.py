@@ -370,12 +370,16 @@ def _difference(lhs: Any, rhs: Any, msg: str) -> sp.Basic:
 def _numerically_nonzero(e: sp.Expr) -> bool:
     """True when ``e`` is clearly non-zero at a point of its symbols' domain.
 
-    Symbols are set to fixed pseudo-random values in (0.1, 0.9) (inside every
-    assumption used here: positive, real, probabilities); one clearly non-zero value
-    proves that ``e`` is not identically zero, which spares a slow ``simplify``.
+    Symbols are set to fixed pseudo-random values in (0.1, 0.9), negated for negative
+    symbols and integers for integer symbols, so the point respects their assumptions
+    (and lies inside (0, 1), where probabilities live); one clearly non-zero value proves
+    that ``e`` is not identically zero on that domain, which spares a slow ``simplify``.
     """
     rng = random.Random(20170101)
-    point = {s: sp.Rational(rng.randint(10, 90), 100) for s in sorted(e.free_symbols, key=str)}
+    point = {}
+    for s in sorted(e.free_symbols, key=str):
+        v = sp.Integer(rng.randint(1, 5)) if s.is_integer else sp.Rational(rng.randint(10, 90), 100)
+        point[s] = -v if (s.is_negative or s.is_nonpositive) else v
     try:
         value = complex(e.subs(point).evalf(30))
     except (TypeError, ValueError, ZeroDivisionError):

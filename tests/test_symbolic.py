@@ -255,3 +255,12 @@ def test_check_differs():
     assert check_differs(2 * x, x, "erratum") == x
     with pytest.raises(AssertionError, match="expected the two sides to differ"):
         check_differs((x + 1) ** 2, x**2 + 2 * x + 1, "not an erratum")
+
+
+def test_checks_respect_symbol_assumptions():
+    neg = sp.Symbol("x", negative=True)
+    check_equal(sp.sqrt(neg**2), -neg)  # true only for negative x
+    with pytest.raises(AssertionError, match="expected the two sides to differ"):
+        check_differs(sp.sqrt(neg**2), -neg, "not an erratum for negative x")
+    k = sp.Symbol("k", integer=True)
+    check_equal(sp.cos(sp.pi * k) ** 2, 1)
