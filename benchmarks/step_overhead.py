@@ -1,15 +1,18 @@
 """Milliseconds per training step of each chapter-6 method against SGD.
 
 The MNIST autoencoder (784-1000-500-250-30-250-500-1000-784), minibatch 200,
-amortization N = 100 (thesis section 6.5.2). Each method runs a few warm-up steps,
-then N consecutive timed steps; any N consecutive steps contain exactly one
-statistics refresh, so their mean is the per-step cost with the refresh amortized.
-The median is the cost of a step without refresh, the maximum the refresh step.
+amortization N = 100 (thesis section 6.5.2). A refresh (statistics and inverses) runs
+on updates 0, N, 2N, ...; to time it without running hundreds of steps, each method
+runs with a short refresh period ``k`` (``--refresh-every``), and its plain steps and
+refresh steps are timed separately. The per-step cost at N = 100 is then
+
+    amortized = plain + (refresh - plain) / 100        (medians)
 
 Modes: eager everywhere; on CUDA also the step captured as a CUDA graph (the same
-capture as ``sokit.train``) for the optimizers ``sokit.train.can_capture`` accepts.
-ASDL's K-FAC (``pip install asdfghjkl``, imported as ``asdl``) runs as a peer in the
-same process when it imports; otherwise the reason is recorded.
+capture as ``sokit.train``) for the optimizers ``sokit.train.can_capture`` accepts
+(there, refresh steps are not timed separately). ASDL's K-FAC (``pip install
+asdfghjkl``, imported as ``asdl``) runs as a peer in the same process when it imports;
+otherwise the reason is recorded.
 
     nice python benchmarks/step_overhead.py            # writes step_overhead_<device>.json/.md
 """
@@ -31,11 +34,11 @@ import torch
 import sokit
 from sokit import losses
 from sokit.experiments import device_name, git_commit
-from sokit.registry.fig6 import EPS, FIG6_2, autoencoder_methods, build_model, build_optimizer, method
+from sokit.registry.fig6 import EPS, FIG6_2, LR, build_model, build_optimizer, methods_for
 from sokit.train import can_capture
 
 HERE = Path(__file__).resolve().parent
-BATCH, AMORTIZATION, WARMUP = 200, 100, 3
+BATCH, AMORTIZATION, WARMUP = 200, 100, 2
 
 
 def sync(device: torch.device) -> None:
@@ -59,7 +62,7 @@ def sokit_step(model, optimizer, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def asdl_step(model, x: torch.Tensor, lr: float) -> Callable[[], None]:
+def asdl_step(model, x: torch.Tensor, lr: float, every: int) -> Callable[[], None]:
     """ASDL's K-FAC (Fisher with one sampled target, loss_type "mse") + torch SGD."""
     import asdl
 
@@ -68,8 +71,8 @@ def asdl_step(model, x: torch.Tensor, lr: float) -> Callable[[], None]:
         return per_example.mean() if reduction == "mean" else per_example.sum()
 
     config = asdl.PreconditioningConfig(data_size=BATCH, damping=EPS,
-                                        preconditioner_upd_interval=AMORTIZATION,
-                                        curvature_upd_interval=AMORTIZATION)
+                                        preconditioner_upd_interval=every,
+                                        curvature_upd_interval=every)
     maker = asdl.KfacGradientMaker(model, config, fisher_type="fisher_mc", loss_type="mse")
     sgd = torch.optim.SGD(model.parameters(), lr=lr)
 
@@ -98,30 +101,34 @@ def graph_step(step: Callable[[], None], optimizer, device: torch.device) -> Cal
     return graph.replay
 
 
-def time_steps(step: Callable[[], None], device: torch.device, n: int) -> dict[str, float]:
-    for _ in range(WARMUP):
-        step()
-    times = []
-    for _ in range(n):
+def time_steps(step: Callable[[], None], device: torch.device, n: int,
+               every: int | None) -> dict[str, float]:
+    """Time ``n`` steps after the warm-up; steps ``0, every, 2 every, ...`` (counted from
+    the first call) are refresh steps. ``every=None``: no refresh."""
+    plain, refresh = [], []
+    for i in range(WARMUP + n):
         sync(device)
         t0 = time.perf_counter()
         step()
         sync(device)
-        times.append(1e3 * (time.perf_counter() - t0))
-    return {"mean_ms": statistics.fmean(times), "median_ms": statistics.median(times),
-            "max_ms": max(times), "steps": n}
+        ms = 1e3 * (time.perf_counter() - t0)
+        if i >= WARMUP:
+            (refresh if every and i % every == 0 else plain).append(ms)
+    out = {"plain_ms": statistics.median(plain), "steps": n}
+    out["refresh_ms"] = statistics.median(refresh) if refresh else None
+    extra = (out["refresh_ms"] - out["plain_ms"]) / AMORTIZATION if refresh else 0.0
+    out["amortized_ms"] = out["plain_ms"] + extra
+    return out
 
 
 def methods() -> dict[str, dict[str, Any]]:
-    """The fig6_2 methods (KFAC = Fisher, sampled targets), centered GD, and KFAC for
-    Gauss-Newton (Rademacher probes)."""
-    table = autoencoder_methods(FIG6_2 + ["centered GD"])
-    table["KFAC (Gauss-Newton)"] = method("kfac", lr=1e-3, amortization=AMORTIZATION,
-                                          damping=EPS, loss="mse", curvature="gauss_newton")
-    return table
+    """The fig6_1 and fig6_2 methods (KFAC = Fisher, sampled targets) and KFAC for
+    Gauss-Newton (Rademacher probes), with the learning rates of the experiments."""
+    names = FIG6_2 + ["centered GD", "mean-only batch norm + SGD", "KFAC (Gauss-Newton)"]
+    return methods_for("autoencoder", names, lrs={"KFAC (Gauss-Newton)": LR["autoencoder"]["KFAC"]})
 
 
-def run(device: torch.device, steps: int, only: list[str] | None) -> dict[str, Any]:
+def run(device: torch.device, steps: int, every: int, only: list[str] | None) -> dict[str, Any]:
     torch.manual_seed(0)
     x = torch.rand(BATCH, 784, device=device)
     config = {"model": "autoencoder", "prescale": 1.0}
@@ -131,27 +138,32 @@ def run(device: torch.device, steps: int, only: list[str] | None) -> dict[str, A
             continue
         torch.manual_seed(0)
         model = build_model(config, spec["norm"]).to(device)
+        refreshes = "amortization" in spec["kwargs"]
+        if refreshes:
+            spec["kwargs"]["amortization"] = every
         try:
             optimizer = build_optimizer(spec, model)
         except (ImportError, AttributeError, TypeError) as e:
             rows[label] = {"error": f"{type(e).__name__}: {e}"}
             continue
         step = sokit_step(model, optimizer, x)
-        rows[label] = {"eager": time_steps(step, device, steps)}
+        rows[label] = {"eager": time_steps(step, device, steps, every if refreshes else None)}
         if can_capture(optimizer, device):
-            rows[label]["cuda_graph"] = time_steps(graph_step(step, optimizer, device), device, steps)
-        print(f"{label:28s} {rows[label]['eager']['mean_ms']:9.2f} ms", flush=True)
+            replay = graph_step(step, optimizer, device)
+            rows[label]["cuda_graph"] = time_steps(replay, device, steps, None)
+        print(f"{label:28s} {rows[label]['eager']['amortized_ms']:9.2f} ms", flush=True)
     if not only or "ASDL KFAC" in only:
         torch.manual_seed(0)
         model = build_model(config, None).to(device)
         try:
-            step = asdl_step(model, x, lr=1e-3)
+            step = asdl_step(model, x, lr=LR["autoencoder"]["KFAC"], every=every)
         except ImportError as e:
             rows["ASDL KFAC"] = {"error": f"ImportError: {e} (pip install asdfghjkl)"}
         else:
-            rows["ASDL KFAC"] = {"eager": time_steps(step, device, steps),
+            rows["ASDL KFAC"] = {"eager": time_steps(step, device, steps, every),
                                  "asdl_version": _asdl_version()}
-            print(f"{'ASDL KFAC':28s} {rows['ASDL KFAC']['eager']['mean_ms']:9.2f} ms", flush=True)
+            print(f"{'ASDL KFAC':28s} {rows['ASDL KFAC']['eager']['amortized_ms']:9.2f} ms",
+                  flush=True)
     return rows
 
 
@@ -167,16 +179,17 @@ def _asdl_version() -> str:
 def markdown(record: dict[str, Any]) -> str:
     rows = record["methods"]
     modes = [m for m in ("eager", "cuda_graph") if any(m in r for r in rows.values())]
-    sgd = {m: rows["SGD"][m]["mean_ms"] for m in modes if m in rows.get("SGD", {})}
+    sgd = {m: rows["SGD"][m]["amortized_ms"] for m in modes if m in rows.get("SGD", {})}
     lines = [f"# Step cost per method, {record['device']}",
              "",
-             f"MNIST autoencoder, batch {BATCH}, amortization N = {AMORTIZATION}; mean over "
-             f"{record['steps']} consecutive steps (one refresh amortized), median = a step "
-             f"without refresh, max = the refresh step. torch {record['torch_version']}, "
-             f"{record['cpu_threads']} CPU threads, commit {record['commit'][:10]}, "
-             f"{record['started']}.",
+             f"MNIST autoencoder, batch {BATCH}; ms per step at amortization N = "
+             f"{AMORTIZATION}: plain step + (refresh step - plain step) / {AMORTIZATION} "
+             f"(medians of {record['steps']} timed steps, refresh every "
+             f"{record['refresh_every']} steps during timing). torch "
+             f"{record['torch_version']}, {record['cpu_threads']} threads, commit "
+             f"{record['commit'][:10]}, {record['started']}. {record['note']}",
              "",
-             "| method | mode | ms/step (amortized) | x SGD | median ms | max ms |",
+             "| method | mode | ms/step, N = 100 | x SGD | plain step ms | refresh step ms |",
              "|---|---|---|---|---|---|"]
     for label, r in rows.items():
         if "error" in r:
@@ -186,23 +199,27 @@ def markdown(record: dict[str, Any]) -> str:
             if m not in r:
                 continue
             t = r[m]
-            ratio = f"{t['mean_ms'] / sgd[m]:.2f}" if m in sgd else "-"
-            lines.append(f"| {label} | {m} | {t['mean_ms']:.2f} | {ratio} | "
-                         f"{t['median_ms']:.2f} | {t['max_ms']:.2f} |")
+            ratio = f"{t['amortized_ms'] / sgd[m]:.2f}" if m in sgd else "-"
+            refresh = "-" if t["refresh_ms"] is None else f"{t['refresh_ms']:.1f}"
+            lines.append(f"| {label} | {m} | {t['amortized_ms']:.1f} | {ratio} | "
+                         f"{t['plain_ms']:.1f} | {refresh} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=AMORTIZATION,
-                        help="timed steps per method (a multiple of N amortizes refreshes exactly)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
+    parser.add_argument("--refresh-every", type=int, default=5,
+                        help="refresh period while timing (refresh steps are timed apart)")
+    parser.add_argument("--note", default="", help="a remark stored with the table")
     parser.add_argument("--only", nargs="*", help="method labels to run (default: all)")
     args = parser.parse_args()
     device = torch.device(args.device)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    rows = run(device, args.steps, args.only)
+    rows = run(device, args.steps, args.refresh_every, args.only)
     record = {"device": device_name(device), "device_type": device.type, "steps": args.steps,
+              "refresh_every": args.refresh_every, "note": args.note,
               "batch_size": BATCH, "amortization": AMORTIZATION, "started": started,
               "commit": git_commit(), "sokit_version": sokit.__version__,
               "torch_version": torch.__version__, "python_version": platform.python_version(),

@@ -43,7 +43,7 @@ OPTIMIZERS = {
 
 HOW_CHOSEN = (
     "Learning rates: for each method, the lr of the lowest mean of the last 20 minibatch "
-    "losses in a short CPU trial (lr_trial: 60 updates on the autoencoder, 200 on the "
+    "losses in a short CPU trial (lr_trial: 40 updates on the autoencoder, 200 on the "
     "classifier, batch 200, seed 0) over {0.03, 0.1, 0.3} for SGD-like methods and "
     "{1e-3, 1e-2, 1e-1} for ACP, KFAC and NNN; stored as "
     "results/fig6_lr_trial and results/fig6_3_fashion_lr_trial (quick profile). Damping "
@@ -261,7 +261,7 @@ register(Experiment(
 register(Experiment(
     "fig6_lr_trial",
     "The CPU learning-rate trial behind the fig6_1 / fig6_2 learning rates (see lr_trial).",
-    trial_profiles("autoencoder", "mnist", "autoencoder", FIG6_2 + FIG6_1[1:3], 60),
+    trial_profiles("autoencoder", "mnist", "autoencoder", FIG6_2 + FIG6_1[1:3], 40),
     lr_trial))
 
 register(Experiment(
