@@ -1,7 +1,7 @@
 """Biased random search (Algorithm 1 of the thesis) as an Optuna sampler.
 
-``BiasedRandomSampler`` plugs Algorithm 1 into any Optuna study
-{cite}`akiba2019optuna`, including studies shared by many worker processes or machines
+``BiasedRandomSampler`` plugs Algorithm 1 into any Optuna study (Akiba et al., 2019),
+including studies shared by many worker processes or machines
 through Optuna's relational-database storage (e.g. PostgreSQL).
 
 The numeric parameters that every finished trial shares (Optuna's intersection search

@@ -256,7 +256,7 @@ class GridSearch(_Searcher):
 
 
 class RandomSearch(_Searcher):
-    """Random search {cite}`bergstra2012random`: i.i.d. uniform draws in the space."""
+    """Random search: i.i.d. uniform draws in the space (Bergstra and Bengio, 2012)."""
 
     def ask(self) -> dict:
         return self.space.sample(self.rng)[0]
