@@ -266,12 +266,16 @@ class BiasedRandomSearch(_Searcher):
     """Biased random search, Algorithm 1 of the thesis, with a pluggable cost model.
 
     ``rejections`` counts the candidates rejected so far (a measure of how biased the
-    search has become).
+    search has become). With the 1-NN model a candidate near the best trial is always
+    accepted; a custom cost model that estimates every candidate at c_max or worse would
+    reject forever, so more than ``max_rejections`` in a row raise an error.
     """
 
-    def __init__(self, space: Space, seed: int = 0, cost_model: CostModel | None = None):
+    def __init__(self, space: Space, seed: int = 0, cost_model: CostModel | None = None,
+                 max_rejections: int = 100_000):
         super().__init__(space, seed)
         self.cost_model = cost_model if cost_model is not None else NearestNeighbour()
+        self.max_rejections = max_rejections
         self.rejections = 0
 
     def ask(self) -> dict:
@@ -282,13 +286,17 @@ class BiasedRandomSearch(_Searcher):
         if not np.isfinite(c_seen).any():  # nothing finite yet: no landscape to bias by
             return self.space.sample(self.rng)[0]
         c_min, c_max = float(c_seen.min()), float(c_seen.max())
-        while True:  # the Voronoi cell of the best trial has p = 1, so this ends
+        for _ in range(self.max_rejections + 1):
             u = self.rng.random((1, len(self.space.names)))
             c_est = self.cost_model.predict(x_seen, c_seen, u)
             p = acceptance_probability(c_est, c_min, c_max)[0]
             if self.rng.random() < p:
                 return self.space.from_unit(u)[0]
             self.rejections += 1
+        raise RuntimeError(
+            f"{self.max_rejections} candidates in a row rejected: the cost model "
+            f"{type(self.cost_model).__name__} estimates (almost) every point at the worst cost "
+            f"{c_max}; use a model whose estimates reach c_min near the best trial (e.g. NearestNeighbour)")
 
 
 # ---------------------------------------------------------------------------- drivers

@@ -188,3 +188,22 @@ def test_landscape_is_nearest_neighbour_with_diverged_as_worst():
             {"config": {"lr": 1e-4 * 10 ** 3.6, "prescale": 12.0}, "cost": 9.0}]
     u1, u2, grid = landscape(hist, space, resolution=10)
     assert grid[1, 1] == 5.0 and grid[8, 8] == 9.0 and grid[1, 8] == 9.0  # rows: prescale, columns: lr
+
+
+def test_custom_cost_model_is_used_and_a_hopeless_one_is_reported():
+    class Pessimist:
+        def predict(self, x_seen, c_seen, x):
+            return np.full(len(np.atleast_2d(x)), c_seen.max())
+    s = BiasedRandomSearch(SPACE, seed=0, cost_model=Pessimist(), max_rejections=50)
+    s.tell(s.ask(), 1.0)
+    s.tell(s.ask(), 2.0)
+    with pytest.raises(RuntimeError, match="rejected"):
+        s.ask()
+    assert s.rejections == 51
+
+    class LowLearningRate:  # a model that prefers small learning rates
+        def predict(self, x_seen, c_seen, x):
+            return np.atleast_2d(x)[:, 0] * (c_seen.max() - c_seen.min()) + c_seen.min()
+    s = BiasedRandomSearch(SPACE, seed=0, cost_model=LowLearningRate())
+    run_search(s, quadratic, 200)
+    assert np.mean([math.log10(c["lr"]) < -2.5 for c in s.history.configs()[1:]]) > 0.6
