@@ -254,3 +254,28 @@ def test_errors_name_the_problem():
         opt.step()
     with pytest.raises(ValueError, match="cross_entropy"):
         opt.curvature_backward(torch.zeros(2, 5), "cross_entropy")
+
+
+def test_train_loop_runs_ubp_as_the_manual_sweeps():
+    from sokit.data import Dataset, Sampler
+    from sokit.train import train
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(40, 5, generator=g)
+    labels = torch.zeros(40, dtype=torch.long)
+    data = Dataset("toy", x, labels, x[:10], labels[:10])
+    model = tiny()
+    ref = copy.deepcopy(model)
+    res = train(model, UBP(model, lr=0.5, loss="mse", hessian="gn"), data, "mse", 3, batch_size=10,
+                seed=0, n_evals=2, progress=False)
+    assert not res["diverged"]
+    sampler = Sampler(x, labels, 10, 0)
+    for _ in range(3):
+        xb = x[sampler.next_indices()]
+        steps, _ = sweep(ref, xb, xb, "mse", 0.5, "gn")
+        with torch.no_grad():
+            for blk, s in zip(blocks(ref), steps):
+                blk.linear.weight += s.dW
+                blk.linear.bias += s.db
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)
