@@ -207,9 +207,10 @@ for r in rows:
 display(Markdown("\n".join(lines)))
 """),
     md(r"""
-The thesis's numbers come from 100 iterations at full batch size; the smoke profile
-that CI runs trains for a handful of iterations on a thousand images, so its losses are
-far higher and its ranking is noise. The quick profile is a small but faithful
+The thesis's numbers come from 100 searches of 100 experiments of 100 iterations (it
+does not give the minibatch size; our full profile uses 200, as in chapter 6). The smoke
+profile that CI runs trains for a handful of iterations on a thousand images, so its
+losses are far higher and its ranking is noise. The quick profile is a small but faithful
 miniature; the full profile (`python -m sokit run table4_1 --profile full`) is the
 thesis's scale and is meant for a GPU.
 
