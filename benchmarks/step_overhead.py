@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import re
 import statistics
@@ -187,7 +188,9 @@ def markdown(record: dict[str, Any]) -> str:
              f"(medians of {record['steps']} timed steps, refresh every "
              f"{record['refresh_every']} steps during timing). torch "
              f"{record['torch_version']}, {record['cpu_threads']} threads, commit "
-             f"{record['commit'][:10]}, {record['started']}. {record['note']}",
+             f"{record['commit'][:10]}, {record['started']}; 1-minute load average "
+             f"{record['load_average_1min'][0]} before, {record['load_average_1min'][1]} "
+             f"after. {record['note']}",
              "",
              "| method | mode | ms/step, N = 100 | x SGD | plain step ms | refresh step ms |",
              "|---|---|---|---|---|---|"]
@@ -217,9 +220,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    load_before = os.getloadavg()
     rows = run(device, args.steps, args.refresh_every, args.only)
+    load_after = os.getloadavg()
     record = {"device": device_name(device), "device_type": device.type, "steps": args.steps,
               "refresh_every": args.refresh_every, "note": args.note,
+              "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
               "batch_size": BATCH, "amortization": AMORTIZATION, "started": started,
               "commit": git_commit(), "sokit_version": sokit.__version__,
               "torch_version": torch.__version__, "python_version": platform.python_version(),
