@@ -150,6 +150,10 @@ def train(
     if data.train_x.device != device:
         data = data.to(device)
     model.to(device).train()
+    dtype = next(model.parameters()).dtype
+    if data.train_x.dtype != dtype:
+        raise ValueError(f"the model's parameters are {dtype} but the inputs are {data.train_x.dtype}; "
+                         f"convert one to match, e.g. model.to({data.train_x.dtype})")
     loss_fn = losses.get(loss)
     by_input = losses.target_kind(loss) == "input"
     schedule = eval_schedule(updates, n_evals, eval_every)
@@ -163,7 +167,7 @@ def train(
     sampler = Sampler(data.train_x, data.train_y, batch_size, seed)
     curve: dict[str, Any] = {"updates": [], "seconds": [], "train_loss": [], "test_loss": [],
                              "diverged": False, "diverged_at": None}
-    minibatch = torch.full((updates,), float("nan"), device=device)
+    minibatch = torch.full((updates,), float("nan"), device=device, dtype=dtype)
     counter = torch.zeros((), dtype=torch.long, device=device)
     step, seconds, checked = 0, 0.0, 0
     ckpt = Path(checkpoint) if checkpoint is not None else None

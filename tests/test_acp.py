@@ -214,7 +214,6 @@ def test_acp_through_the_train_loop():
     from sokit.data import Dataset
     from sokit.train import train
 
-    torch.set_default_dtype(torch.float32)  # the loop's buffers follow the default dtype
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(64, 12, generator=gen, dtype=torch.float32)
     data = Dataset("toy", x, torch.zeros(64, dtype=torch.int64), x[:16], torch.zeros(16, dtype=torch.int64))

@@ -257,7 +257,6 @@ def test_kfac_through_the_train_loop(loss, curvature):
     from sokit.data import Dataset
     from sokit.train import train
 
-    torch.set_default_dtype(torch.float32)  # the loop's buffers follow the default dtype
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(64, 12, generator=gen, dtype=torch.float32)
     y = (x[:, :3].argmax(1)).to(torch.int64)

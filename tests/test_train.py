@@ -179,6 +179,17 @@ def test_classification_with_labels_and_eval_subset():
     assert r["train_loss"][-1] == pytest.approx(expected, rel=1e-5)
 
 
+def test_dtype_mismatch_is_named_and_a_float64_run_records_float64_losses():
+    model = models.mlp([8, 6, 8]).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="parameters are torch.float64 but the inputs are torch.float32"):
+        train.train(model, opt, toy_data(), "mse", 2, batch_size=16, progress=False)
+    d = toy_data()
+    d64 = Dataset("toy", d.train_x.double(), d.train_y, d.test_x.double(), d.test_y)
+    out = train.train(model, opt, d64, "mse", 3, batch_size=16, progress=False)
+    assert len(out["minibatch_loss"]) == 3 and all(math.isfinite(v) for v in out["minibatch_loss"])
+
+
 def test_graph_capture_refused_without_cuda():
     model = models.mlp([8, 6, 8])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -12,7 +12,14 @@ from torch.func import hessian as func_hessian
 from sokit import curvature, losses
 from sokit.optim.ubp import UBP, blocks, carried_jacobians, preactivation_hvp, ubp_sweep
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def tiny(seed: int = 0, out: int = 5, code_linear: bool = True) -> nn.Sequential:
