@@ -271,6 +271,24 @@ def test_kfac_through_the_train_loop(loss, curvature):
     assert opt.preconditioner.schedule.refreshes[0] == 8
 
 
+@pytest.mark.parametrize("optimizer", ["kfac", "acp"])
+def test_a_diverging_run_is_recorded_as_diverged(optimizer):
+    """A huge learning rate blows the statistics up; the loop must say so, not raise."""
+    from sokit.data import Dataset
+    from sokit.optim.acp import ACP
+    from sokit.train import train
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 12, generator=gen, dtype=torch.float32)
+    data = Dataset("toy", x, torch.zeros(64, dtype=torch.int64), x[:16], torch.zeros(16, dtype=torch.int64))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 12)).float()
+    opt = (KFAC(model, lr=1e8, loss="mse", damping=1e-3, amortization=2) if optimizer == "kfac"
+           else ACP(model, lr=1e8, eps=1e-3, amortization=2))
+    out = train(model, opt, data, "mse", updates=60, batch_size=16, progress=False, check_every=5)
+    assert out["diverged"] and out["diverged_at"] is not None and out["diverged_at"] < 60
+
+
 def test_preconditioner_before_torch_optimizer_matches_kfac():
     x, y = torch.randn(6, 4), torch.randn(6, 3)
     m1, m2 = net(10), net(10)

@@ -18,8 +18,9 @@ KFAC, GN or Fisher (6.4.1)    :class:`KFACPreconditioner`        :class:`KFAC`
 KFAC's optimizer and preconditioner have ``curvature_backward(output, loss)``, which
 :func:`sokit.train.train` calls between the forward and the backward pass.
 
-Natural Neural Networks (:mod:`sokit.optim.nnn`) and UBP (:mod:`sokit.optim.ubp`)
-live in their own modules.
+Natural Neural Networks (:class:`NNN`, :mod:`sokit.optim.nnn`, section 6.4.2) and
+updated backpropagation (:class:`UBP`, :mod:`sokit.optim.ubp`, Algorithm 2) are
+exported here too; their details live in their modules.
 """
 
 from .acp import ACP, ACPPreconditioner
@@ -27,6 +28,8 @@ from .amortization import AdaptiveAmortization, FixedAmortization
 from .centered import CenteredGD, CenteredPreconditioner
 from .hooks import LinearHooks, UnsupportedLayerError
 from .kfac import KFAC, KFACPreconditioner
+from .nnn import NNN
+from .ubp import UBP
 
 __all__ = [
     "ACP",
@@ -38,5 +41,7 @@ __all__ = [
     "KFAC",
     "KFACPreconditioner",
     "LinearHooks",
+    "NNN",
+    "UBP",
     "UnsupportedLayerError",
 ]
