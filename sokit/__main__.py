@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    record = experiments.load_or_run(args.experiment, args.profile, rerun=args.rerun)
+    record = experiments.load_or_run(args.experiment, args.profile, rerun=args.rerun, jobs=args.jobs)
     path = experiments.result_path(args.experiment, record["profile"])
     prov = record["provenance"]
     print(f"{args.experiment} [{record['profile']}]: {path} (device {prov['device']}, "
@@ -107,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", choices=experiments.PROFILES, default=None,
                    help="default: $SOKIT_PROFILE or smoke")
     r.add_argument("--rerun", action="store_true", help="run even when a matching result is stored")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="methods trained at once, one process each (comparison figures only); "
+                        "an interrupted run resumes from results/<name>/<profile>.work")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="list the registered experiments")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import inspect
 import json
 import os
 import pkgutil
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -141,15 +143,33 @@ def provenance(device: torch.device, started: str, wall_clock_s: float) -> dict[
     }
 
 
-def run_experiment(name: str, profile: str) -> dict[str, Any]:
-    """Run ``name`` under ``profile`` and store the result; return the stored record."""
+def work_dir(name: str, profile: str) -> Path:
+    """Where a resumable run keeps its checkpoints until its result is stored."""
+    return results_dir() / name / f"{profile}.work"
+
+
+def run_experiment(name: str, profile: str, jobs: int = 1) -> dict[str, Any]:
+    """Run ``name`` under ``profile`` and store the result; return the stored record.
+
+    An experiment whose run function takes ``workdir`` and ``jobs`` (the comparison
+    figures, see :mod:`sokit.runner`) checkpoints into :func:`work_dir`, resumes from
+    it when run again after an interruption, and trains ``jobs`` methods at once; the
+    work folder is removed once the result is stored. The wall-clock then counts only
+    this invocation.
+    """
     exp = get(name)
     if profile not in exp.configs:
         raise ValueError(f"experiment {name!r} has no profile {profile!r}; it has {sorted(exp.configs)}")
     config = exp.configs[profile]
+    resumable = "workdir" in inspect.signature(exp.run).parameters
+    if jobs != 1 and not resumable:
+        raise ValueError(f"experiment {name!r} runs as one job; drop jobs={jobs}")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    results = exp.run(config)
+    if resumable:
+        results = exp.run(config, workdir=work_dir(name, profile), jobs=jobs)
+    else:
+        results = exp.run(config)
     wall = time.perf_counter() - t0
     record = {
         "experiment": name,
@@ -163,6 +183,8 @@ def run_experiment(name: str, profile: str) -> dict[str, Any]:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1, allow_nan=True) + "\n")
     tmp.replace(path)
+    if resumable:
+        shutil.rmtree(work_dir(name, profile), ignore_errors=True)
     return record
 
 
@@ -174,7 +196,8 @@ def load(name: str, profile: str | None = None) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def load_or_run(name: str, profile: str | None = None, rerun: bool = False) -> dict[str, Any]:
+def load_or_run(name: str, profile: str | None = None, rerun: bool = False,
+                jobs: int = 1) -> dict[str, Any]:
     """The stored result of ``name`` under ``profile``, running it when needed.
 
     It runs when no result is stored, when the stored configuration differs from the
@@ -188,4 +211,4 @@ def load_or_run(name: str, profile: str | None = None, rerun: bool = False) -> d
     stored = None if rerun else load(name, profile)
     if stored is not None and stored.get("config") == json.loads(json.dumps(exp.configs[profile])):
         return stored
-    return run_experiment(name, profile)
+    return run_experiment(name, profile, jobs)

@@ -127,6 +127,7 @@ def train(
     eval_subset: int | None = None,
     graph: bool | None = None,
     check_every: int = 1000,
+    checkpoint_every_s: float = 600.0,
 ) -> dict[str, Any]:
     """Train ``model`` for ``updates`` minibatch updates and return its curves (JSON-able).
 
@@ -136,7 +137,9 @@ def train(
     first that many training and test examples (for smoke profiles). ``graph``: None
     captures a CUDA graph when :func:`can_capture` allows, False forces eager, True
     requires capture. Divergence is checked every ``check_every`` updates and at
-    evaluation points.
+    evaluation points. With ``checkpoint``, the run is saved at every evaluation and,
+    between them, at the first check after ``checkpoint_every_s`` seconds since the last
+    save; an existing checkpoint of the same run is resumed.
 
     Returns {"updates", "seconds", "train_loss", "test_loss"} at the evaluation
     schedule, "minibatch_loss" (every update, or means over windows of
@@ -189,9 +192,13 @@ def train(
     else:
         torch.manual_seed(seed)
 
+    last_save = time.monotonic()
+
     def save() -> None:
+        nonlocal last_save
         if ckpt is None:
             return
+        last_save = time.monotonic()
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt.with_name(ckpt.name + ".tmp")
         torch.save({"run": run_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -270,6 +277,8 @@ def train(
                                           (step, seconds, train_loss, test_loss)):
                         curve[key].append(value)
                     bar.set_postfix(train=f"{train_loss:.4g}", test=f"{test_loss:.4g}")
+                save()
+            elif ckpt is not None and time.monotonic() - last_save >= checkpoint_every_s:
                 save()
             _sync(device)
             clock = time.perf_counter()

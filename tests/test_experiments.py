@@ -102,3 +102,26 @@ def test_three_panel_draws_every_run():
         plotting.three_panel({})
     fig = plotting.with_thesis_figure("2nd", {"a": run})
     assert len(fig.axes) == 4
+
+
+def test_resumable_experiment_gets_its_work_folder_and_jobs_then_it_is_removed(toy):
+    exp, calls, root = toy
+    seen = []
+
+    def run(config, workdir=None, jobs=1):
+        assert workdir.name == "smoke.work"
+        workdir.mkdir(parents=True)
+        (workdir / "method.pt").write_text("checkpoint")
+        seen.append(jobs)
+        return {"value": 0}
+
+    experiments.register(experiments.Experiment("toy_test", "a toy", {"smoke": {"x": 1}}, run))
+    experiments.run_experiment("toy_test", "smoke", jobs=3)
+    assert seen == [3]
+    assert (root / "toy_test" / "smoke.json").exists()
+    assert not (root / "toy_test" / "smoke.work").exists()
+
+
+def test_jobs_for_a_one_job_experiment_is_refused(toy):
+    with pytest.raises(ValueError, match="runs as one job"):
+        experiments.run_experiment("toy_test", "smoke", jobs=2)

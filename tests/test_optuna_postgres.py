@@ -83,7 +83,7 @@ def postgres_url():
 
 def test_workers_share_one_study_on_postgres(postgres_url):
     name = "sokit-biased-random"
-    study = optuna.create_study(study_name=name, storage=postgres_url, sampler=BiasedRandomSampler(seed=0))
+    optuna.create_study(study_name=name, storage=postgres_url, sampler=BiasedRandomSampler(seed=0))
     requested = [12, 9, 15]
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, name, str(i), str(n)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,5 @@
 """Population training (sokit.population) against separate single-model SGD runs."""
 
-import math
 
 import pytest
 import torch

@@ -150,6 +150,23 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         toy_run(checkpoint=ckpt, updates=61, lr=0.3, eval_every=5)
 
 
+def test_checkpoints_between_evaluations_after_checkpoint_every_s(tmp_path):
+    """Evaluations far apart (the log schedule of a long run): the timed save keeps the work."""
+    ckpt = tmp_path / "run.pt"
+    kw = dict(updates=60, lr=0.3, eval_every=50, check_every=5)
+    _, straight = toy_run(**kw)
+    with pytest.raises(Interrupt):  # dies at update 28; the last check was at update 25
+        toy_run(checkpoint=ckpt, optimizer_cls=CrashAfter, checkpoint_every_s=0.0, **kw)
+    assert torch.load(ckpt, weights_only=False)["step"] == 25
+    torch.manual_seed(123)
+    model = models.mlp([8, 6, 8], "sigmoid", "sigmoid", prescale=4.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    resumed = train.train(model, opt, toy_data(), "mse", 60, batch_size=16, seed=0, eval_every=50,
+                          check_every=5, progress=False, checkpoint=ckpt)
+    for key in ("updates", "train_loss", "test_loss", "minibatch_loss"):
+        assert resumed[key] == straight[key], key
+
+
 def test_curvature_backward_is_called_before_backward():
     calls = []
 

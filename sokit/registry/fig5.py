@@ -11,6 +11,7 @@ loss against updates and against training seconds. The learning rates come from
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from sokit import data as sokit_data
 from sokit import models
 from sokit.experiments import Experiment, register
 from sokit.optim.ubp import UBP
+from sokit.runner import run_methods
 
 BATCH = 200
 
@@ -53,20 +55,15 @@ def build_optimizer(spec: dict[str, Any], model: nn.Sequential, loss: str) -> to
     return UBP(model, lr=spec["lr"], loss=loss, **spec["kwargs"])
 
 
-def run(config: dict[str, Any]) -> dict[str, Any]:
-    """Train every method of ``config`` from the same initial weights; {label: train result}."""
-    from sokit.train import train
+def build(config: dict[str, Any], spec: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The autoencoder and the optimizer of one method (see :func:`sokit.runner.run_methods`)."""
+    model = models.autoencoder(prescale=config["prescale"])
+    return model, build_optimizer(spec, model, config["loss"])
 
-    data = sokit_data.load(config["dataset"])
-    results = {}
-    for label, spec in config["methods"].items():
-        torch.manual_seed(config["seed"])
-        model = models.autoencoder(prescale=config["prescale"])
-        results[label] = train(model, build_optimizer(spec, model, config["loss"]), data, config["loss"],
-                               config["updates"], batch_size=config["batch_size"], seed=config["seed"],
-                               n_evals=config["n_evals"], eval_subset=config["eval_subset"],
-                               progress=False)
-    return results
+
+def run(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Train every method of ``config`` from the same initial weights; {label: train result}."""
+    return run_methods(config, build, workdir, jobs)
 
 
 def lr_trial(config: dict[str, Any], label: str, lrs: list[float], updates: int = 40,

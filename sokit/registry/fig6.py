@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 from sokit import data as sokit_data
 from sokit import models
 from sokit.experiments import Experiment, register
+from sokit.runner import run_methods
 
 BATCH = 200
 AMORTIZATION = 100
@@ -80,21 +82,15 @@ def build_optimizer(spec: dict[str, Any], model: nn.Module):
     return factory(model, **spec["kwargs"])
 
 
-def run(config: dict[str, Any]) -> dict[str, Any]:
-    """Train every method of ``config`` from the same initial weights; {label: train result}."""
-    from sokit.train import train
+def build(config: dict[str, Any], spec: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """The model and optimizer of one method (see :func:`sokit.runner.run_methods`)."""
+    model = build_model(config, spec["norm"])
+    return model, build_optimizer(spec, model)
 
-    data = sokit_data.load(config["dataset"])
-    results = {}
-    for label, spec in config["methods"].items():
-        torch.manual_seed(config["seed"])
-        model = build_model(config, spec["norm"])
-        optimizer = build_optimizer(spec, model)
-        results[label] = train(model, optimizer, data, config["loss"], config["updates"],
-                               batch_size=config["batch_size"], seed=config["seed"],
-                               n_evals=config["n_evals"], eval_subset=config["eval_subset"],
-                               progress=False)
-    return results
+
+def run(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Train every method of ``config`` from the same initial weights; {label: train result}."""
+    return run_methods(config, build, workdir, jobs)
 
 
 def lr_trial(config: dict[str, Any]) -> dict[str, Any]:

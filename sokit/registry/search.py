@@ -21,7 +21,6 @@ numbers. Each search still sees all its earlier results before choosing (Algorit
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 

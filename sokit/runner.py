@@ -1,0 +1,103 @@
+"""Run the methods of one comparison figure: resumable, and several at once.
+
+A figure such as 6.2 trains every method for 3e5 updates from the same initial
+weights. :func:`run_methods` trains them on the default device (the GPU when there is
+one), each with its own checkpoint in a work folder, so that an interrupted run
+continues where it stopped; a finished method is written there as JSON and not run
+again. With ``jobs > 1`` the methods run in that many worker processes at once,
+which share the one GPU (each process has its own CUDA context and streams).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import re
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+#: ``build(config, spec) -> (model, optimizer)``, called after seeding; must be a
+#: module-level function when ``jobs > 1`` (it is sent to worker processes)
+Build = Callable[[dict[str, Any], dict[str, Any]], tuple[nn.Module, Any]]
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a legend label, with a short hash to keep labels apart."""
+    digest = hashlib.sha1(label.encode()).hexdigest()[:6]
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")[:40] + "_" + digest
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A hash of the configuration, to tell a work folder's run apart from another's."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_workdir(workdir: Path, config: dict[str, Any]) -> None:
+    """Create ``workdir`` for ``config``; a folder left by another configuration is cleared."""
+    stamp = workdir / "config.sha256"
+    key = config_key(config)
+    if workdir.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
+        shutil.rmtree(workdir)  # checkpoints of another configuration cannot be resumed
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key + "\n")
+
+
+def train_method(config: dict[str, Any], label: str, build: Build,
+                 workdir: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Train method ``label`` of ``config`` (resuming its checkpoint in ``workdir``).
+
+    ``threads``: CPU threads for this process (so that concurrent workers share the cores).
+    """
+    from sokit import data as sokit_data
+    from sokit.experiments import default_device
+    from sokit.train import train
+
+    finished = Path(workdir) / f"{slug(label)}.json" if workdir else None
+    if finished is not None and finished.exists():
+        return json.loads(finished.read_text())
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = default_device()
+    dataset = sokit_data.load(config["dataset"], device=device)
+    torch.manual_seed(config["seed"])
+    model, optimizer = build(config, config["methods"][label])
+    result = train(model, optimizer, dataset, config["loss"], config["updates"],
+                   batch_size=config["batch_size"], seed=config["seed"],
+                   n_evals=config["n_evals"], eval_subset=config["eval_subset"], device=device,
+                   checkpoint=Path(workdir) / f"{slug(label)}.pt" if workdir else None,
+                   progress=False)
+    if finished is not None:
+        tmp = finished.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, allow_nan=True))
+        tmp.replace(finished)
+    return result
+
+
+def run_methods(config: dict[str, Any], build: Build, workdir: Path | None = None,
+                jobs: int = 1) -> dict[str, dict[str, Any]]:
+    """Train every method of ``config["methods"]``; {label: train result}, in config order.
+
+    ``workdir``: where checkpoints and finished methods are kept (None: nothing kept).
+    ``jobs``: how many methods train at once, each in its own process.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    labels = list(config["methods"])
+    if workdir is not None:
+        prepare_workdir(workdir, config)
+    where = str(workdir) if workdir is not None else None
+    if jobs == 1 or len(labels) == 1:
+        return {label: train_method(config, label, build, where) for label in labels}
+    workers = min(jobs, len(labels))
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {label: pool.submit(train_method, config, label, build, where, threads)
+                   for label in labels}
+        return {label: futures[label].result() for label in labels}
