@@ -13,12 +13,14 @@ hyperparameters properly.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from sokit import data, models, train
 from sokit.experiments import Experiment, default_device, register
+from sokit.runner import prepare_workdir
 
 LR = 0.1
 PRESCALE = 15.0
@@ -26,8 +28,16 @@ COMMENT = (f"lr={LR} and prescale={PRESCALE} chosen by a short trial (the thesis
            "SGD's tuned values); see sokit/registry/sgd.py")
 
 
-def run(config: dict[str, Any]) -> dict[str, Any]:
-    """Train the autoencoder with plain minibatch SGD under ``config``; return the curves."""
+def run(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Train the autoencoder with plain minibatch SGD under ``config``; return the curves.
+
+    ``workdir`` keeps the checkpoint (an interrupted run resumes); one method, so ``jobs``
+    must be 1.
+    """
+    if jobs != 1:
+        raise ValueError(f"sgd_autoencoder trains one method; use jobs=1, got {jobs}")
+    if workdir is not None:
+        prepare_workdir(workdir, config)
     device = default_device()
     dataset = data.load(config["dataset"], device=device)
     torch.manual_seed(config["seed"])
@@ -35,7 +45,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"])
     return train.train(model, optimizer, dataset, "mse", config["updates"], config["batch_size"],
                        seed=config["seed"], n_evals=config["n_evals"], device=device,
-                       eval_subset=config["eval_subset"], progress=config.get("progress", True))
+                       eval_subset=config["eval_subset"], progress=config.get("progress", True),
+                       checkpoint=workdir / "sgd.pt" if workdir is not None else None)
 
 
 def config(updates: int, n_evals: int, eval_subset: int | None) -> dict[str, Any]:
