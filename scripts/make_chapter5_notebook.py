@@ -12,12 +12,10 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from notebook_cells import COLAB
+
 OUT = Path(__file__).resolve().parent.parent / "chapters" / "05_updated_backprop.ipynb"
 
-COLAB = '''# On Colab: install sokit from the book's repository; elsewhere, nothing to do.
-import sys
-if "google.colab" in sys.modules:
-    %pip install -q "sokit @ git+https://github.com/sokit-book/sokit@main"'''
 
 cells = [
     new_markdown_cell(r"""# Updated backpropagation
@@ -395,6 +393,8 @@ nb = new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
     "language_info": {"name": "python"},
 })
+for i, cell in enumerate(nb.cells):
+    cell.id = f"ch5-{i}"  # stable ids: regenerating changes only what changed
 OUT.parent.mkdir(exist_ok=True)
 nbformat.write(nb, OUT)
 print(f"wrote {OUT}")

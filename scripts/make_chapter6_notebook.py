@@ -8,6 +8,8 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from notebook_cells import COLAB
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "chapters" / "06_factorized_second_order.ipynb"
 
@@ -40,12 +42,7 @@ Every identity below is executed: symbolic ones with `sokit.symbolic.check_equal
 notebook.
 """)
 
-code(r"""
-# On Colab: install sokit from the book's repository; elsewhere, nothing to do.
-import sys
-if "google.colab" in sys.modules:
-    %pip install -q "sokit @ git+https://github.com/sokit-book/sokit@main"
-""")
+code(COLAB)
 
 code(r"""
 import sympy as sp
@@ -448,9 +445,9 @@ minibatches of 200 and $N = 100$, each method with its best hyperparameters from
 biased random search, on a Titan Black GPU. The experiments are registered in
 `sokit/registry/fig6.py` with three profiles: `smoke` (a dozen updates, what CI runs),
 `quick` (a miniature that fits a 2-core CPU: 1,000 updates on the autoencoder) and
-`full` (the thesis's scale, for a GPU). The book shows the stored `quick` result when
-there is one and otherwise runs `smoke`; the table under each figure names the profile
-and the device. Our learning rates come from a short CPU trial (below), not from the
+`full` (the thesis's scale, for a GPU). The book shows the largest stored profile
+(`full`, else `quick`) and otherwise runs `smoke`, unless `$SOKIT_PROFILE` names one;
+the table under each figure names the profile and the device. Our learning rates come from a short CPU trial (below), not from the
 thesis's search, and the losses of the `quick` profile are measured on the first
 10,000 training and test images.
 
@@ -469,7 +466,7 @@ from sokit.plotting import with_thesis_figure
 from sokit.registry import fig6
 
 def show(name, thesis_figure, title, unit="MSE"):
-    record = load_or_run(name, fig6.pick_profile(name))
+    record = load_or_run(name)
     with_thesis_figure(thesis_figure, record["results"], title=f"ours: {title}", unit=unit)
     display(Markdown(fig6.comparison_table(record)))
     return record
@@ -557,6 +554,8 @@ def main() -> None:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nb.cells = [new_markdown_cell(t) if kind == "md" else new_code_cell(t) for kind, t in CELLS]
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"ch6-{i}"  # stable ids: regenerating changes only what changed
     OUT.write_text(nbformat.writes(nb))
     print(f"wrote {OUT.relative_to(ROOT)} ({len(nb.cells)} cells)")
 

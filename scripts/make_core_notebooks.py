@@ -16,13 +16,11 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from notebook_cells import COLAB
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "sokit_generator"
 
-COLAB = '''# On Colab: install sokit from the book's repository; elsewhere, nothing to do.
-import sys
-if "google.colab" in sys.modules:
-    %pip install -q "sokit @ git+https://github.com/sokit-book/sokit@main"'''
 
 
 def md(text: str):

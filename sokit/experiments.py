@@ -188,6 +188,25 @@ def run_experiment(name: str, profile: str, jobs: int = 1) -> dict[str, Any]:
     return record
 
 
+def matches(record: dict[str, Any] | None, name: str, profile: str) -> bool:
+    """Whether ``record`` is a stored result of the registered config of ``name``/``profile``."""
+    if record is None:
+        return False
+    config = get(name).configs.get(profile)
+    return config is not None and record.get("config") == json.loads(json.dumps(config))
+
+
+def pick_profile(name: str) -> str:
+    """The profile a notebook shows: ``$SOKIT_PROFILE`` when set; else the largest of
+    "full" and "quick" with a stored result of the registered config; else "smoke"."""
+    if os.environ.get("SOKIT_PROFILE"):
+        return default_profile()
+    for profile in ("full", "quick"):
+        if matches(load(name, profile), name, profile):
+            return profile
+    return "smoke"
+
+
 def load(name: str, profile: str | None = None) -> dict[str, Any] | None:
     """The stored record of ``name`` under ``profile`` if it exists, else None."""
     path = result_path(name, profile or default_profile())
@@ -200,15 +219,16 @@ def load_or_run(name: str, profile: str | None = None, rerun: bool = False,
                 jobs: int = 1) -> dict[str, Any]:
     """The stored result of ``name`` under ``profile``, running it when needed.
 
-    It runs when no result is stored, when the stored configuration differs from the
+    Without ``profile``, :func:`pick_profile` chooses (``$SOKIT_PROFILE``, else the
+    largest stored profile, else smoke). It runs when no result is stored, when the stored configuration differs from the
     registered one, when ``rerun`` is true or when ``$SOKIT_RERUN=1``.
     """
-    profile = profile or default_profile()
+    profile = profile or pick_profile(name)
     exp = get(name)
     if profile not in exp.configs:
         raise ValueError(f"experiment {name!r} has no profile {profile!r}; it has {sorted(exp.configs)}")
     rerun = rerun or os.environ.get("SOKIT_RERUN") == "1"
     stored = None if rerun else load(name, profile)
-    if stored is not None and stored.get("config") == json.loads(json.dumps(exp.configs[profile])):
+    if matches(stored, name, profile):
         return stored
     return run_experiment(name, profile, jobs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -40,14 +41,27 @@ def test_every_notebook_is_in_the_toc() -> None:
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)
 def test_colab_cell_installs_this_repository(path: Path) -> None:
-    """The first code cell installs sokit on Colab from the repository _config.yml names."""
+    """The first code cell clones, on Colab, the repository and branch _config.yml names."""
     nb = nbformat.read(path, as_version=4)
     first = next(cell for cell in nb.cells if cell.cell_type == "code")
     repo = CONFIG["repository"]
-    url = re.sub(r"^https://", "", repo["url"])
-    expected = f"git+https://{url}@{repo['branch']}"
+    expected = f"git clone -q --depth 1 -b {repo['branch']} {repo['url']} /content/sokit"
     assert "google.colab" in first.source, f"{path.name}: first code cell is not the Colab install cell"
-    assert expected in first.source, f"{path.name}: Colab cell should install {expected}"
+    assert expected in first.source, f"{path.name}: Colab cell should run {expected}"
+    assert "setup()" in first.source, f"{path.name}: Colab cell should call sokit.colab.setup()"
+
+
+def test_colab_setup_runs_the_full_profile_only_on_a_gpu(monkeypatch, capsys) -> None:
+    from sokit import colab
+
+    monkeypatch.delenv("SOKIT_PROFILE", raising=False)
+    monkeypatch.setattr(colab.torch.cuda, "is_available", lambda: False)
+    assert colab.setup() == "" and "Change runtime type" in capsys.readouterr().out
+    assert "SOKIT_PROFILE" not in os.environ
+    monkeypatch.setattr(colab.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(colab.torch.cuda, "get_device_name", lambda i: "Tesla T4")
+    assert colab.setup() == "full" and os.environ["SOKIT_PROFILE"] == "full"
+    assert "Tesla T4" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)

@@ -125,3 +125,18 @@ def test_resumable_experiment_gets_its_work_folder_and_jobs_then_it_is_removed(t
 def test_jobs_for_a_one_job_experiment_is_refused(toy):
     with pytest.raises(ValueError, match="runs as one job"):
         experiments.run_experiment("toy_test", "smoke", jobs=2)
+
+
+def test_pick_profile_prefers_the_largest_stored_matching_profile(toy, monkeypatch):
+    exp, calls, root = toy
+    assert experiments.pick_profile("toy_test") == "smoke"
+    experiments.run_experiment("toy_test", "quick")
+    assert experiments.pick_profile("toy_test") == "quick"
+    assert experiments.load_or_run("toy_test")["profile"] == "quick"
+    path = root / "toy_test" / "quick.json"
+    rec = json.loads(path.read_text())
+    rec["config"] = {"x": 5}  # a stale result of another configuration is not shown
+    path.write_text(json.dumps(rec))
+    assert experiments.pick_profile("toy_test") == "smoke"
+    monkeypatch.setenv("SOKIT_PROFILE", "quick")
+    assert experiments.pick_profile("toy_test") == "quick"

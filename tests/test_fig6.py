@@ -64,3 +64,15 @@ def test_smoke_profile_runs_and_learns(name, tmp_path, monkeypatch):
         curves = res["train_loss"] + res["test_loss"] + res["minibatch_loss"]
         assert all(math.isfinite(v) for v in curves), label
         assert res["train_loss"][-1] < res["train_loss"][0], (label, res["train_loss"])
+
+
+def test_comparison_table_speedup_is_per_update():
+    # thesis SGD: 1,589 s / 3e5 updates = 5.3 ms; ours: 1.589 s / 100 updates = 15.9 ms -> 0.33x
+    assert fig6.speedup(1.589, 100, 1589) == pytest.approx(1 / 3)
+    assert fig6.speedup(1.0, 0, 1589) is None and fig6.speedup(1.0, 10, None) is None
+    record = {"experiment": "fig6_1", "profile": "quick", "config": {"updates": 100},
+              "provenance": {"device": "cpu", "device_type": "cpu", "cpu_threads": 1, "commit": "abc"},
+              "results": {"SGD": {"train_loss": [5.0, 4.0], "test_loss": [6.0, 5.5], "wall_clock_s": 1.589,
+                                  "updates": [50, 100], "diverged": False}}}
+    table = fig6.comparison_table(record)
+    assert "| SGD | 4 | 5.5 | 2 | 2.11 | 4.46 | 1,589 | 0.33x |" in table

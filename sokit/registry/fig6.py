@@ -309,8 +309,20 @@ def summary(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def speedup(ours_seconds: float, ours_updates: int, thesis_seconds: float | None,
+            thesis_updates: int = 300_000) -> float | None:
+    """How many times faster per update we train than the thesis's Titan Black run."""
+    if thesis_seconds is None or not ours_updates or not ours_seconds > 0:
+        return None
+    return (thesis_seconds / thesis_updates) / (ours_seconds / ours_updates)
+
+
 def comparison_table(record: dict[str, Any]) -> str:
-    """A markdown table of our numbers (``record`` from load_or_run) next to the thesis's."""
+    """A markdown table of our numbers (``record`` from load_or_run) next to the thesis's.
+
+    The speed-up is per update (seconds per update of the thesis over ours), so that a
+    run shorter than the thesis's 3e5 updates can still be compared.
+    """
     thesis = THESIS.get(record["experiment"], {})
     prov = record["provenance"]
     head = (f"Ours: profile `{record['profile']}`, {record['config']['updates']:,} updates, "
@@ -321,27 +333,13 @@ def comparison_table(record: dict[str, Any]) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
     rows = ["| method | train (ours) | best test (ours) | seconds (ours) | "
-            "train (thesis) | best test (thesis) | seconds (thesis) |",
-            "|---|---|---|---|---|---|---|"]
+            "train (thesis) | best test (thesis) | seconds (thesis) | speed-up per update |",
+            "|---|---|---|---|---|---|---|---|"]
     for label, s in summary(record["results"]).items():
         t = thesis.get(label, (None, None, None))
         mark = " (diverged)" if s["diverged"] else ""
+        up = speedup(s["seconds"], s["updates"], t[2])
         rows.append(f"| {label}{mark} | {fmt(s['train'], '.3g')} | {fmt(s['best_test'], '.3g')} | "
                     f"{fmt(s['seconds'], '.0f')} | {fmt(t[0], '.3g')} | {fmt(t[1], '.3g')} | "
-                    f"{fmt(t[2], ',')} |")
+                    f"{fmt(t[2], ',')} | {fmt(up, '.2g')}{'x' if up is not None else ''} |")
     return head + "\n".join(rows)
-
-
-def pick_profile(name: str) -> str:
-    """``$SOKIT_PROFILE`` if set; else "quick" when a stored quick result matches the
-    registered config (the book then shows it without rerunning); else "smoke"."""
-    import json
-    import os
-
-    from sokit.experiments import get, load
-
-    if os.environ.get("SOKIT_PROFILE"):
-        return os.environ["SOKIT_PROFILE"]
-    stored = load(name, "quick")
-    config = json.loads(json.dumps(get(name).configs["quick"]))
-    return "quick" if stored is not None and stored.get("config") == config else "smoke"
