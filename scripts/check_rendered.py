@@ -8,7 +8,7 @@ Every page of the table of contents is loaded in headless Chromium (Debian packa
   in a math node, no MathJax error node);
 * every image it shows exists on disk;
 * every internal link points to a file that exists (and an anchor that exists);
-* no executed cell shows an error traceback.
+* no executed cell shows an error traceback or a warning on stderr.
 
 Usage: ``python scripts/check_rendered.py [_build/html]``; exits 1 listing each failure.
 """
@@ -52,6 +52,8 @@ class PageParser(html.parser.HTMLParser):
         self.links: list[str] = []
         self.ids: set[str] = set()
         self.tracebacks = 0
+        self.stderr_warnings = 0
+        self._stderr_depth = 0  # > 0 inside a cell's stderr output
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -72,14 +74,22 @@ class PageParser(html.parser.HTMLParser):
             self.links.append(a["href"])
         if "traceback" in classes or "output_error" in classes:
             self.tracebacks += 1
+        if self._stderr_depth:
+            self._stderr_depth += 1
+        elif "stderr" in classes and "output" in classes:
+            self._stderr_depth = 1
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "title":
             self._in_title = False
+        if self._stderr_depth:
+            self._stderr_depth -= 1
 
     def handle_data(self, data: str) -> None:
         if self._in_title:
             self.title += data
+        if self._stderr_depth and "Warning" in data:
+            self.stderr_warnings += 1
 
 
 def chromium() -> str:
@@ -124,6 +134,8 @@ def check_page(browser: str, page: Path, anchors: dict[Path, set[str]]) -> tuple
         problems.append(f"{parser.mathjax_errors} MathJax errors")
     if parser.tracebacks:
         problems.append(f"{parser.tracebacks} error outputs in executed cells")
+    if parser.stderr_warnings:
+        problems.append(f"{parser.stderr_warnings} warnings printed by executed cells")
     for src in parser.images:
         target = local_target(page, src)
         if target and not target[0].is_file():

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: notebooks need no ipywidgets
 
 from sokit import losses
 from sokit.data import Dataset, Sampler

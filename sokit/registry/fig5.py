@@ -28,6 +28,10 @@ BATCH = 200
 #: learning rates (see HOW_CHOSEN)
 LR = {"sgd": 0.3, "ubp": 0.01}
 
+#: final training MSE after about 3e5 updates, read off the thesis's Figure 5.1
+#: (/work/shared/thesis/REFERENCE.md); each UBP update there took about 10x an SGD update
+THESIS_FINAL_TRAIN = {"SGD": 23.6, "UBP (Gauss-Newton)": 18.6}
+
 HOW_CHOSEN = (
     "Learning rates: SGD 0.3, the lowest mean minibatch loss over the last 10 of lr_trial()'s "
     "40 updates (batch 200, seed 0, MNIST, CPU) over 0.03, 0.1, 0.3, 1 (0.03-0.3 tie near 53.3; "
