@@ -38,7 +38,7 @@ def test_method_lists_match_the_figures():
 def test_every_method_builds_its_optimizer(name):
     config = get(name).configs["full"]
     for label, spec in config["methods"].items():
-        model = fig6.build_model(config, spec["norm"])
+        model = fig6.build_model(config, spec)
         optimizer = fig6.build_optimizer(spec, model)
         assert hasattr(optimizer, "step") and hasattr(optimizer, "state_dict"), label
 
@@ -47,7 +47,7 @@ def test_unknown_optimizer_and_model_raise():
     with pytest.raises(ValueError, match="unknown optimizer"):
         fig6.method("adam", lr=0.1)
     with pytest.raises(ValueError, match="unknown model"):
-        fig6.build_model({"model": "resnet", "prescale": 1.0}, None)
+        fig6.build_model({"model": "resnet"}, {"norm": None, "prescale": 1.0})
 
 
 @pytest.mark.parametrize("name", ["fig6_1", "fig6_2", "fig6_3_fashion"])
@@ -76,3 +76,18 @@ def test_comparison_table_speedup_is_per_update():
                                   "updates": [50, 100], "diverged": False}}}
     table = fig6.comparison_table(record)
     assert "| SGD | 4 | 5.5 | 2 | 2.11 | 4.46 | 1,589 | 0.33x |" in table
+
+
+@pytest.mark.parametrize("task, name", [("autoencoder", "fig6_hparams"),
+                                        ("classifier", "fig6_3_fashion_hparams")])
+def test_hparams_are_the_best_trials_of_the_stored_search(task, name):
+    from sokit.experiments import load, matches
+
+    record = load(name, "quick")
+    assert matches(record, name, "quick"), f"no current search stored: python -m sokit run {name} --profile quick"
+    assert set(record["results"]) == set(fig6.HPARAMS[task])
+    for label, res in record["results"].items():
+        lr, prescale = fig6.HPARAMS[task][label]
+        assert lr == pytest.approx(res["best"]["lr"], rel=5e-3), label
+        assert prescale == pytest.approx(res["best"]["prescale"], rel=5e-3), label
+        assert res["best_cost"] == min(t["cost"] for t in res["history"] if t["status"] == "ok")

@@ -1,0 +1,102 @@
+"""Hyperparameters of the chapter 6 methods by biased random search (thesis section 4.1).
+
+The thesis tuned every method of Figures 6.1-6.3 by biased random search (Algorithm 1)
+at its full budget. ``fig6_hparams`` (the MNIST autoencoder: every method of Figures 6.1
+and 6.2) and ``fig6_3_fashion_hparams`` (the classifier) run the same search per method
+at a reduced budget: ``trials`` experiments of ``updates`` updates each (batch 200,
+seed 0), over the learning rate and the prescale (the factor of the initial weight
+variance), both log-uniform. A trial's cost is the mean of its last 20 minibatch losses;
+diverged or failed trials count as the worst cost. The learning rates and prescales in
+:data:`sokit.registry.fig6.HPARAMS` are the best trials of the stored ``quick`` results
+(a test checks that they agree). Damping (eps = 1e-3) and ACP's fixed alpha = 1 are not
+searched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from sokit import data as sokit_data
+from sokit.experiments import Experiment, register
+from sokit.registry.fig6 import (FIG6_1, FIG6_2, FIG6_3, build_model, build_optimizer, methods_for,
+                                 task_base)
+from sokit.search import BiasedRandomSearch, LogUniform, Space, run_search
+
+#: SGD-like methods search the learning rate in the first range, preconditioned ones
+#: (whose step is already scaled by the curvature) in the second
+FIRST_ORDER = ("SGD", "mean-only batch norm + SGD", "batch norm + SGD", "centered GD")
+LR_RANGE = {"first_order": [1e-3, 1.0], "second_order": [1e-4, 0.3]}
+PRESCALE_RANGE = {"autoencoder": [0.5, 20.0], "classifier": [0.5, 8.0]}
+TAIL = 20
+
+
+def space(config: dict[str, Any], label: str) -> Space:
+    """The searched space of method ``label``: log learning rate and log prescale."""
+    kind = "first_order" if label in FIRST_ORDER else "second_order"
+    return Space({"lr": LogUniform(*config["lr_range"][kind]),
+                  "prescale": LogUniform(*config["prescale_range"])})
+
+
+def trial_cost(config: dict[str, Any], label: str, hp: dict[str, float],
+               data: sokit_data.Dataset) -> float:
+    """Train method ``label`` with ``hp`` for ``config["updates"]``; mean of the last 20
+    minibatch losses (NaN when the run diverged)."""
+    from sokit.train import train
+
+    spec = copy.deepcopy(config["methods"][label])
+    spec["kwargs"]["lr"] = hp["lr"]
+    spec["prescale"] = hp["prescale"]
+    torch.manual_seed(config["seed"])
+    model = build_model(config, spec)
+    res = train(model, build_optimizer(spec, model), data, config["loss"], config["updates"],
+                batch_size=config["batch_size"], seed=config["seed"], n_evals=1, eval_subset=200,
+                progress=False)
+    tail = res["minibatch_loss"][-TAIL:]
+    if res["diverged"] or not all(math.isfinite(v) for v in tail):
+        return math.nan
+    return sum(tail) / len(tail)
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """One biased random search per method; {label: {"history", "best", "best_cost"}}."""
+    data = sokit_data.load(config["dataset"])
+    out = {}
+    for label in config["methods"]:
+        searcher = BiasedRandomSearch(space(config, label), seed=config["seed"])
+        history = run_search(searcher, lambda hp: trial_cost(config, label, hp, data), config["trials"])
+        best = history.best()
+        out[label] = {"history": history.to_dict(), "best": best.config if best else None,
+                      "best_cost": best.cost if best else None, "rejections": searcher.rejections}
+    return out
+
+
+def profiles(task: str, dataset: str, model: str, names: list[str]) -> dict[str, dict[str, Any]]:
+    """smoke (2 trials of 3 updates, two methods) and quick (the stored search)."""
+    methods = methods_for(task, names)
+    for spec in methods.values():
+        del spec["kwargs"]["lr"]  # searched; keeps this config free of the results
+        spec.pop("prescale", None)
+    base = dict(task_base(task, dataset, model), methods=methods, lr_range=LR_RANGE,
+                prescale_range=PRESCALE_RANGE[task])
+    return {"smoke": dict(base, trials=2, updates=3,
+                          methods={n: methods[n] for n in names[:2]}),
+            "quick": dict(base, trials=10, updates=300)}
+
+
+register(Experiment(
+    "fig6_hparams",
+    "Biased random search of the learning rate and prescale of every Figure 6.1/6.2 method "
+    "on the MNIST autoencoder: 10 trials of 300 updates per method (quick), batch 200.",
+    profiles("autoencoder", "mnist", "autoencoder", FIG6_2 + [n for n in FIG6_1 if n not in FIG6_2]),
+    run))
+
+register(Experiment(
+    "fig6_3_fashion_hparams",
+    "Biased random search of the learning rate and prescale of every Figure 6.3 method on "
+    "the Fashion-MNIST classifier: 10 trials of 300 updates per method (quick), batch 200.",
+    profiles("classifier", "fashion-mnist", "mlp", FIG6_3),
+    run))
