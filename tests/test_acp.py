@@ -10,12 +10,7 @@ from sokit.optim import ACP, ACPPreconditioner
 from sokit.optim.acp import acp_direction, covariance
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def mse_sum(out, y):

@@ -7,12 +7,7 @@ from torch import nn
 from sokit.optim import CenteredGD, CenteredPreconditioner
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def mse_sum(out, y):

@@ -14,12 +14,7 @@ from sokit.optim.ubp import UBP, blocks, carried_jacobians, preactivation_hvp, u
 
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def tiny(seed: int = 0, out: int = 5, code_linear: bool = True) -> nn.Sequential:
