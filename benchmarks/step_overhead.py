@@ -20,6 +20,7 @@ otherwise the reason is recorded.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -35,7 +36,7 @@ import torch
 import sokit
 from sokit import losses
 from sokit.experiments import device_name, git_commit
-from sokit.registry.fig6 import EPS, FIG6_2, LR, build_model, build_optimizer, methods_for
+from sokit.registry.fig6 import EPS, FIG6_2, HPARAMS, build_model, build_optimizer, methods_for
 from sokit.train import can_capture
 
 HERE = Path(__file__).resolve().parent
@@ -125,20 +126,22 @@ def time_steps(step: Callable[[], None], device: torch.device, n: int,
 def methods() -> dict[str, dict[str, Any]]:
     """The fig6_1 and fig6_2 methods (KFAC = Fisher, sampled targets) and KFAC for
     Gauss-Newton (Rademacher probes), with the learning rates of the experiments."""
-    names = FIG6_2 + ["centered GD", "mean-only batch norm + SGD", "KFAC (Gauss-Newton)"]
-    return methods_for("autoencoder", names, lrs={"KFAC (Gauss-Newton)": LR["autoencoder"]["KFAC"]})
+    specs = methods_for("autoencoder", FIG6_2 + ["centered GD", "mean-only batch norm + SGD"])
+    gn = copy.deepcopy(specs["KFAC"])
+    gn["kwargs"]["curvature"] = "gauss_newton"
+    return {**specs, "KFAC (Gauss-Newton)": gn}
 
 
 def run(device: torch.device, steps: int, every: int, only: list[str] | None) -> dict[str, Any]:
     torch.manual_seed(0)
     x = torch.rand(BATCH, 784, device=device)
-    config = {"model": "autoencoder", "prescale": 1.0}
+    config = {"model": "autoencoder"}
     rows: dict[str, Any] = {}
     for label, spec in methods().items():
         if only and label not in only:
             continue
         torch.manual_seed(0)
-        model = build_model(config, spec["norm"]).to(device)
+        model = build_model(config, spec).to(device)
         refreshes = "amortization" in spec["kwargs"]
         if refreshes:
             spec["kwargs"]["amortization"] = every
@@ -155,9 +158,9 @@ def run(device: torch.device, steps: int, every: int, only: list[str] | None) ->
         print(f"{label:28s} {rows[label]['eager']['amortized_ms']:9.2f} ms", flush=True)
     if not only or "ASDL KFAC" in only:
         torch.manual_seed(0)
-        model = build_model(config, None).to(device)
+        model = build_model(config, {"norm": None, "prescale": HPARAMS["autoencoder"]["KFAC"][1]}).to(device)
         try:
-            step = asdl_step(model, x, lr=LR["autoencoder"]["KFAC"], every=every)
+            step = asdl_step(model, x, lr=HPARAMS["autoencoder"]["KFAC"][0], every=every)
         except ImportError as e:
             rows["ASDL KFAC"] = {"error": f"ImportError: {e} (pip install asdfghjkl)"}
         else:

@@ -48,7 +48,7 @@ def main() -> None:
     ms_per_step(dataset, 10, False, device)  # warm-up (allocator, cuBLAS handles, caches)
     timings = {mode: ms_per_step(dataset, updates, mode == "cuda graph", device) for mode in modes}
     name = experiments.device_name(device)
-    print(f"SGD step of the autoencoder 784-1000-500-250-30-250-500-1000-784, batch 200, fp32")
+    print("SGD step of the autoencoder 784-1000-500-250-30-250-500-1000-784, batch 200, fp32")
     print(f"hardware: {name} ({device.type}, {torch.get_num_threads()} CPU threads), "
           f"torch {torch.__version__}, {updates} updates per timing, "
           f"load average {os.getloadavg()[0]:.1f} (other processes share this machine when it is above 0)")

@@ -303,10 +303,10 @@ assert correction_growth[0.06] > 5              # explodes geometrically'''),
     new_markdown_cell(r"""## Figure 5.1: UBP against SGD on the autoencoder
 
 The experiment `fig5_1` trains the autoencoder of chapter 4 with SGD and with UBP (both
-curvature choices) from the same initial weights and minibatches. The book renders the
-profile named by `$SOKIT_PROFILE` (`smoke` by default: five updates of a tiny minibatch,
-only a check that the pipeline runs); the `quick` and `full` profiles are the ones to
-compare with the thesis. Next to it is the thesis's own figure (blue: SGD, orange: UBP).
+curvature choices) from the same initial weights and minibatches. The book shows the
+largest stored profile (`full`, else `quick`: 50 updates of batch 200), or runs `smoke`
+(five updates of a tiny minibatch, only a check that the pipeline runs) when none is
+stored; `$SOKIT_PROFILE` forces one. Next to it is the thesis's own figure (blue: SGD, orange: UBP).
 
 ![Figure 5.1 of the thesis: training error of SGD (blue) and UBP (orange)](../figures/uab.png)"""),
     new_code_cell('''record = load_or_run("fig5_1")
