@@ -72,6 +72,7 @@ def train_method(config: dict[str, Any], label: str, build: Build,
                    n_evals=config["n_evals"], eval_subset=config["eval_subset"], device=device,
                    checkpoint=Path(workdir) / f"{slug(label)}.pt" if workdir else None,
                    progress=False)
+    result["cpu_threads"] = torch.get_num_threads()  # workers share the cores: record what this one had
     if finished is not None:
         tmp = finished.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result, allow_nan=True))

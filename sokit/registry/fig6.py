@@ -105,9 +105,10 @@ HPARAMS = {
         "Natural Neural Networks": (0.001, 1.0), "KFAC": (0.001, 1.0),
     },
     "classifier": {
-        "SGD": (0.03, 2.0), "batch norm + SGD": (0.3, 2.0), "ACP, fixed alpha": (0.01, 2.0),
-        "ACP, heuristic alpha": (0.01, 2.0), "Natural Neural Networks": (0.001, 2.0),
-        "KFAC (Gauss-Newton)": (0.001, 2.0), "KFAC (natural gradient)": (0.001, 2.0),
+        "SGD": (0.009239, 2.598), "batch norm + SGD": (0.1545, 0.8137),
+        "ACP, fixed alpha": (0.0007945, 0.9772), "ACP, heuristic alpha": (0.001199, 1.923),
+        "Natural Neural Networks": (0.001093, 3.222), "KFAC (Gauss-Newton)": (0.0007945, 0.9772),
+        "KFAC (natural gradient)": (0.001093, 3.222),
     },
 }
 
