@@ -315,9 +315,8 @@ fig = three_panel(runs, title=f"fig5_1, profile {record['profile']}, {record['pr
 plt.show()'''),
     new_markdown_cell(r"""The thesis reports, after about $3 \times 10^5$ updates on a Titan Black, a final training MSE of
 18.6 for UBP against 23.6 for SGD, each UBP update being about 10 times slower. Our run
-is below. Under the `smoke` profile it is only a check that the pipeline runs: five
-updates of 20 images cannot separate the methods, and its seconds come from a shared CPU.
-The learning rates, and how they were chosen, are in the experiment's description
+is below; under the `smoke` profile it is only a check that the pipeline runs. The
+learning rates, and how they were chosen, are in the experiment's description
 (`sokit.registry.fig5`): UBP needs a learning rate small enough that its corrections do
 not explode (the previous section), much smaller than the one SGD prefers, so SGD is
 also shown at UBP's learning rate."""),
@@ -331,6 +330,30 @@ sgd_rate = runs["SGD"]["seconds"][-1] / runs["SGD"]["updates"][-1]
 for label, r in runs.items():
     rate = r["seconds"][-1] / r["updates"][-1]
     print(f"{label:<22} {r['train_loss'][-1]:>16.2f} {rate:>11.4f} {rate / sgd_rate:>7.1f}")'''),
+    new_markdown_cell(r"""**Where we agree with the thesis and where we do not.** The stored `quick` run (50
+updates of batch 200, 0.017 % of the thesis's budget) cannot show the thesis's gap: after
+50 updates every run sits near 52.8, the loss of reconstructing every digit as the mean
+image, which is where this autoencoder plateaus early in training. UBP and SGD at the
+same learning rate differ by less than 0.1 %: at lr 0.01 the correction UBP adds stays
+about as large as the backpropagated signal at each layer (the growth factor of about 0.8
+measured above), but 50 such steps barely move the weights away from that plateau. So
+the quick run agrees with the thesis on the mechanics (UBP trains stably at a learning
+rate below its explosion threshold) and is silent on its claim that UBP ends lower; that
+needs the `full` profile on a GPU. On cost we disagree in degree: the seconds above come
+from a shared 2-core CPU with other jobs running, where an update of UBP with the
+Gauss-Newton curvature took far longer than the thesis's 10x; `benchmarks/ubp_cost_cpu.md`
+measures it on its own, and the multiply-add count below explains why it grows with the
+output size. The cell below asserts the claims of this paragraph for the `quick`
+profile."""),
+    new_code_cell('''if record["profile"] == "quick":
+    finals = {label: r["train_loss"][-1] for label, r in runs.items()}
+    assert all(50 < v < 56 for v in finals.values()), finals    # all on the mean-image plateau
+    same_lr = f"SGD, lr {record['config']['methods']['UBP (Gauss-Newton)']['lr']}"
+    gap = abs(finals["UBP (Gauss-Newton)"] - finals[same_lr]) / finals[same_lr]
+    assert gap < 1e-3, gap                                       # UBP = SGD to 0.1 % at 50 updates
+    assert not any(r["diverged"] for r in runs.values())
+else:
+    print(f"the paragraph above describes the quick profile; this is {record['profile']}")'''),
     new_markdown_cell(r"""## What one update costs
 
 With $m$ network outputs, carrying the Jacobians costs $B\, m \sum_l n_l n_{l-1}$
