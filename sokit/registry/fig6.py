@@ -100,9 +100,10 @@ EPS = 1e-3  # Tikhonov damping of ACP, KFAC and NNN (not searched)
 #: searches (``fig6_hparams``, ``fig6_3_fashion_hparams``, quick profile; see HOW_CHOSEN)
 HPARAMS = {
     "autoencoder": {
-        "SGD": (0.03, 1.0), "mean-only batch norm + SGD": (0.03, 1.0), "batch norm + SGD": (0.03, 1.0),
-        "centered GD": (0.3, 1.0), "ACP, fixed alpha": (0.01, 1.0), "ACP, heuristic alpha": (0.1, 1.0),
-        "Natural Neural Networks": (0.001, 1.0), "KFAC": (0.001, 1.0),
+        "SGD": (0.08941, 6.337), "mean-only batch norm + SGD": (0.02244, 9.435),
+        "batch norm + SGD": (0.08145, 1.353), "centered GD": (0.9809, 18.63),
+        "ACP, fixed alpha": (0.001316, 4.478), "ACP, heuristic alpha": (0.007634, 1.511),
+        "Natural Neural Networks": (0.0023, 13.34), "KFAC": (0.0002949, 7.159),
     },
     "classifier": {
         "SGD": (0.009239, 2.598), "batch norm + SGD": (0.1545, 0.8137),
