@@ -1,5 +1,7 @@
 """Shared fixtures."""
 
+import os
+
 import pytest
 import torch
 
@@ -11,3 +13,13 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(autouse=True)
+def sokit_environment_unchanged():
+    """No test may leave a SOKIT_* variable changed: nbval's notebook kernels inherit the
+    environment, and a leaked SOKIT_PROFILE=full would make them train at thesis scale."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("SOKIT_")}
+    yield
+    after = {k: v for k, v in os.environ.items() if k.startswith("SOKIT_")}
+    assert after == before, f"the test changed the environment: {before} -> {after}"

@@ -54,7 +54,8 @@ def test_colab_cell_installs_this_repository(path: Path) -> None:
 def test_colab_setup_runs_the_full_profile_only_on_a_gpu(monkeypatch, capsys) -> None:
     from sokit import colab
 
-    monkeypatch.delenv("SOKIT_PROFILE", raising=False)
+    monkeypatch.setenv("SOKIT_PROFILE", "")  # recorded, so that teardown removes what setup() sets
+    monkeypatch.delenv("SOKIT_PROFILE")
     monkeypatch.setattr(colab.torch.cuda, "is_available", lambda: False)
     assert colab.setup() == "" and "Change runtime type" in capsys.readouterr().out
     assert "SOKIT_PROFILE" not in os.environ
@@ -79,3 +80,4 @@ def test_jupyter_book_pinned_below_2() -> None:
 def test_execution_raises_on_error() -> None:
     execute = CONFIG["execute"]
     assert execute["allow_errors"] is False and execute["execute_notebooks"] in ("cache", "force")
+
