@@ -440,9 +440,9 @@ for label, rec in runs.items():
     md(r"""
 The thesis's SGD reaches a training MSE of 2.11 after $3 \times 10^5$ updates
 (Figure 6.2, read off the plot; 1,589 s on a Titan Black). The profile printed
-above says how far our stored run went: the smoke profile only checks that the code
-path works, the quick profile is a miniature that stops long before the thesis's
-budget, and the full profile (`python -m sokit run sgd_autoencoder --profile full`,
+above says how far our stored run went: the quick profile (10,000 updates) is a
+miniature that stops at 3 % of the thesis's budget, the smoke profile only checks that
+the code path works, and the full profile (`python -m sokit run sgd_autoencoder --profile full`,
 meant for a GPU) is the thesis's scale.
 
 ## 2.3 Hyperparameters
