@@ -234,7 +234,7 @@ class _Searcher:
         self.history = History()
 
     def ask(self) -> dict:
-        raise NotImplementedError
+        raise NotImplementedError("a searcher subclass defines ask()")
 
     def tell(self, config: dict, cost: float | None, error: str | None = None) -> Trial:
         return self.history.add(config, cost, error)

@@ -112,7 +112,7 @@ class LayerPreconditioner:
             rec.module.bias.grad.copy_(db)
 
     def precondition(self) -> None:
-        raise NotImplementedError
+        raise NotImplementedError("a LayerPreconditioner subclass defines precondition()")
 
     def finish(self) -> None:
         self.n_updates += 1
