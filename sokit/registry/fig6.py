@@ -114,6 +114,11 @@ HPARAMS = {
 }
 
 
+#: ACP's fixed alpha per task: on the autoencoder the best trial of ``fig6_acp_alpha``
+#: (quick), which searches it with the lr and prescale; on the classifier 1, not searched
+ACP_ALPHA = {"autoencoder": 1.0, "classifier": 1.0}
+
+
 def methods_for(task: str, names: list[str], amortization: int = AMORTIZATION) -> dict[str, dict[str, Any]]:
     """The method specs of ``task`` ("autoencoder" or "classifier") for legend ``names``."""
     loss = "mse" if task == "autoencoder" else "cross_entropy"
@@ -126,7 +131,7 @@ def methods_for(task: str, names: list[str], amortization: int = AMORTIZATION) -
         "batch norm + SGD": lambda: method("sgd", "batchnorm", lr=lr["batch norm + SGD"]),
         "centered GD": lambda: method("centered", lr=lr["centered GD"]),
         "ACP, fixed alpha": lambda: method("acp", lr=lr["ACP, fixed alpha"], amortization=n,
-                                           eps=EPS, alpha=1.0),
+                                           eps=EPS, alpha=ACP_ALPHA[task]),
         "ACP, heuristic alpha": lambda: method("acp", lr=lr["ACP, heuristic alpha"],
                                                amortization=n, eps=EPS, alpha="heuristic"),
         "Natural Neural Networks": lambda: method("nnn", lr=lr["Natural Neural Networks"],
