@@ -8,8 +8,9 @@ seed 0), over the learning rate and the prescale (the factor of the initial weig
 variance), both log-uniform. A trial's cost is the mean of its last 20 minibatch losses;
 diverged or failed trials count as the worst cost. The learning rates and prescales in
 :data:`sokit.registry.fig6.HPARAMS` are the best trials of the stored ``quick`` results
-(a test checks that they agree). Damping (eps = 1e-3) and ACP's fixed alpha = 1 are not
-searched.
+(a test checks that they agree). Damping (eps = 1e-3) is not searched; ACP's fixed alpha
+is held at 1 there, and ``fig6_acp_alpha`` searches it (with the lr and prescale) on the
+autoencoder.
 """
 
 from __future__ import annotations
