@@ -220,8 +220,9 @@ def load_or_run(name: str, profile: str | None = None, rerun: bool = False,
     """The stored result of ``name`` under ``profile``, running it when needed.
 
     Without ``profile``, :func:`pick_profile` chooses (``$SOKIT_PROFILE``, else the
-    largest stored profile, else smoke). It runs when no result is stored, when the stored configuration differs from the
-    registered one, when ``rerun`` is true or when ``$SOKIT_RERUN=1``.
+    largest stored profile, else smoke). It runs when no result is stored, when the
+    stored configuration differs from the registered one, when ``rerun`` is true or
+    when ``$SOKIT_RERUN=1``.
     """
     profile = profile or pick_profile(name)
     exp = get(name)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from sokit import data as sokit_data
-from sokit.experiments import Experiment, register
+from sokit.experiments import Experiment, default_device, register
 from sokit.registry.fig6 import (FIG6_1, FIG6_2, FIG6_3, build_model, build_optimizer, methods_for,
                                  task_base)
 from sokit.search import BiasedRandomSearch, LogUniform, Space, run_search
@@ -70,7 +70,7 @@ def trial_cost(config: dict[str, Any], label: str, hp: dict[str, float],
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """One biased random search per method; {label: {"history", "best", "best_cost"}}."""
-    data = sokit_data.load(config["dataset"])
+    data = sokit_data.load(config["dataset"], device=default_device())
     out = {}
     for label in config["methods"]:
         searcher = BiasedRandomSearch(space(config, label), seed=config["seed"])
