@@ -63,21 +63,3 @@ def test_book_executor_fails_on_broken_step(tmp_path):
     _execute(_copy(tmp_path, broken=False))
     with pytest.raises(CellExecutionError, match=r"A\.1: dl/df = 2 \(f - y\)"):
         _execute(_copy(tmp_path, broken=True))
-
-
-def test_notebooks_match_their_generator():
-    """The stored notebooks are exactly what scripts/make_symbolic_notebooks.py writes."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import make_symbolic_notebooks as gen
-    finally:
-        sys.path.pop(0)
-    for path, cells in gen.NOTEBOOKS.items():
-        stored = nbformat.read(ROOT / path, as_version=4)
-        fresh = gen.notebook(cells)
-        assert [c.source for c in stored.cells] == [c.source for c in fresh.cells], (
-            f"{path} differs from its generator: run python scripts/make_symbolic_notebooks.py"
-        )
-        assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), (
-            f"{path} is stored with outputs; regenerate it"
-        )
