@@ -10,11 +10,16 @@ without outputs and with cell ids that depend only on the cell's position
     python scripts/sync_notebooks.py            # rewrite every twin that differs from its .md
     python scripts/sync_notebooks.py --check    # only report drifted twins (exit status 1)
     python scripts/sync_notebooks.py chapters/05_updated_backprop.md   # only these pages
+    python scripts/sync_notebooks.py --ruff-fix # also apply ruff's fixes to the code, in the .md
+
+ruff lints the twins (it cannot read MyST code cells); ``--ruff-fix`` runs ``ruff check --fix``
+on them and carries each changed code cell back into its .md, then writes the twins again.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,15 +81,49 @@ def drifted(sources: list[Path]) -> list[Path]:
     return out
 
 
+def port_code_cells(source: Path) -> int:
+    """Copy the code cells that differ in the twin (e.g. after ruff --fix) into the .md source."""
+    text = source.read_text()
+    ours = jupytext.read(source, fmt="md:myst").cells
+    theirs = nbformat.read(twin_path(source), as_version=4).cells
+    assert len(ours) == len(theirs), f"{twin_path(source)} has other cells than {source}"
+    changed = 0
+    for mine, fixed in zip(ours, theirs):
+        fixed_source = fixed.source.lstrip("\n")  # ruff can leave a blank first line where it removed an import
+        if mine.source == fixed_source:
+            continue
+        old, new = f"\n{mine.source}\n```\n", f"\n{fixed_source}\n```\n"
+        if mine.cell_type != "code" or text.count(old) != 1:
+            raise SystemExit(f"{source}: cannot carry back the change to the cell starting {mine.source[:60]!r}")
+        text = text.replace(old, new)
+        changed += 1
+    if changed:
+        source.write_text(text)
+    return changed
+
+
+def ruff_fix(sources: list[Path]) -> None:
+    twins = [str(twin_path(s)) for s in sources]
+    subprocess.run([sys.executable, "-m", "ruff", "check", "--fix", "--quiet", *twins], cwd=ROOT)
+    for source in sources:
+        if n := port_code_cells(source):
+            print(f"ruff fixed {n} code cell(s) of {source.relative_to(ROOT)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="*", type=Path, help="MyST .md pages (default: every page in _toc.yml)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a twin has drifted")
+    parser.add_argument("--ruff-fix", action="store_true", help="apply ruff check --fix to the code, in the .md")
     args = parser.parse_args(argv)
     sources = [p.resolve() for p in args.sources] or pages()
     for source in sources:
         if not is_notebook_source(source):
             parser.error(f"{source} is not a MyST Markdown notebook (jupytext md:myst header)")
+    if args.ruff_fix and not args.check:
+        for source in drifted(sources):
+            twin_path(source).write_text(render(source))
+        ruff_fix(sources)
     stale = drifted(sources)
     for source in stale:
         twin = twin_path(source)
