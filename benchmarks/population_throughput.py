@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from sokit import data, experiments, losses, models
-from sokit.population import Population, architecture, cuda_graph_step
+from sokit.device import default_device, device_name
+from sokit.graphs import WARMUP, CapturedStep
+from sokit.population import Population, architecture
 
 
 def _sync(device: torch.device) -> None:
@@ -60,16 +62,16 @@ def population(sampler: data.Sampler, P: int, steps: int, device: torch.device, 
     sizes, acts = architecture(models.autoencoder())
     pop = Population.init(sizes, acts, lr=[0.01] * P, prescale=[15.0] * P, seeds=range(P), device=device)
     graph = device.type == "cuda"
-    if graph:
-        step, sx, sy = cuda_graph_step(pop, (batch, 784), (batch, 784))
-    for k in range(steps + 2):
-        if k == 2:
+    static_x = torch.zeros(batch, 784, device=device)
+    step = CapturedStep(lambda: pop.step(static_x, static_x), device) if graph else None
+    untimed = WARMUP + 1 if graph else 2  # eager warm-up and the capture are not timed
+    for k in range(steps + untimed):
+        if k == untimed:
             _sync(device)
             t0 = time.perf_counter()
         x, _ = next(sampler)
         if graph:
-            sx.copy_(x)
-            sy.copy_(x)
+            static_x.copy_(x)
             step()
         else:
             pop.step(x, x)
@@ -88,7 +90,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = experiments.default_device()
+    device = default_device()
     steps = args.steps or (100 if device.type == "cuda" else 3)
     P = args.population
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -102,7 +104,7 @@ def main() -> None:
         ones.append(one_at_a_time(sampler, P, steps, device))
     s_pop, s_one = min(pops), min(ones)
     load_after = os.getloadavg()
-    name = experiments.device_name(device)
+    name = device_name(device)
     rows = {"one at a time (eager)": s_one, f"population of {P} ({'CUDA graph' if graph else 'eager'})": s_pop}
     print(f"SGD on the autoencoder, batch {args.batch}, fp32; {P} models, {steps} timed steps each")
     print(f"hardware: {name} ({device.type}, {torch.get_num_threads()} CPU threads), torch {torch.__version__}; "

@@ -35,8 +35,12 @@ import torch
 
 import sokit
 from sokit import losses
-from sokit.experiments import device_name, git_commit
-from sokit.registry.fig6 import EPS, FIG6_2, HPARAMS, build_model, build_optimizer, methods_for
+from sokit.device import device_name
+from sokit.experiments import git_commit
+from sokit.experiments.fig6 import EPS, FIG6_1, FIG6_2, HPARAMS, methods_for
+from sokit.experiments.methods import build_model
+from sokit.optim import build as build_optimizer
+from sokit.graphs import CapturedStep
 from sokit.train import can_capture
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +60,7 @@ def sokit_step(model, optimizer, x: torch.Tensor) -> Callable[[], None]:
         output = model(x)
         value = losses.mse_sum(output, x)
         if curvature_backward is not None:
-            curvature_backward(output, "mse")
+            curvature_backward(output)
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
@@ -89,18 +93,11 @@ def asdl_step(model, x: torch.Tensor, lr: float, every: int) -> Callable[[], Non
 
 
 def graph_step(step: Callable[[], None], optimizer, device: torch.device) -> Callable[[], None]:
-    """``step`` captured once as a CUDA graph (after warm-up on a side stream)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(WARMUP):
-            step()
-        optimizer.zero_grad()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    return graph.replay
+    """``step`` captured once as a CUDA graph, as ``sokit.train`` does (warm-up and capture done here)."""
+    captured = CapturedStep(step, device, prepare=optimizer.zero_grad)
+    while not captured.captured:
+        captured()
+    return captured
 
 
 def time_steps(step: Callable[[], None], device: torch.device, n: int,
@@ -126,7 +123,7 @@ def time_steps(step: Callable[[], None], device: torch.device, n: int,
 def methods() -> dict[str, dict[str, Any]]:
     """The fig6_1 and fig6_2 methods (KFAC = Fisher, sampled targets) and KFAC for
     Gauss-Newton (Rademacher probes), with the learning rates of the experiments."""
-    specs = methods_for("autoencoder", FIG6_2 + ["centered GD", "mean-only batch norm + SGD"])
+    specs = methods_for("autoencoder", {**FIG6_2, **FIG6_1})
     gn = copy.deepcopy(specs["KFAC"])
     gn["kwargs"]["curvature"] = "gauss_newton"
     return {**specs, "KFAC (Gauss-Newton)": gn}
@@ -146,7 +143,7 @@ def run(device: torch.device, steps: int, every: int, only: list[str] | None) ->
         if refreshes:
             spec["kwargs"]["amortization"] = every
         try:
-            optimizer = build_optimizer(spec, model)
+            optimizer = build_optimizer(spec["optimizer"], model, **spec["kwargs"])
         except (ImportError, AttributeError, TypeError) as e:
             rows[label] = {"error": f"{type(e).__name__}: {e}"}
             continue

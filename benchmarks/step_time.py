@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from sokit import data, experiments, models, train
+from sokit.device import default_device, device_name
 
 
 def ms_per_step(dataset: data.Dataset, updates: int, graph: bool, device: torch.device) -> float:
@@ -39,7 +40,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = experiments.default_device()
+    device = default_device()
     updates = args.updates or (3000 if device.type == "cuda" else 50)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -47,7 +48,7 @@ def main() -> None:
     modes = ["eager"] + (["cuda graph"] if device.type == "cuda" else [])
     ms_per_step(dataset, 10, False, device)  # warm-up (allocator, cuBLAS handles, caches)
     timings = {mode: ms_per_step(dataset, updates, mode == "cuda graph", device) for mode in modes}
-    name = experiments.device_name(device)
+    name = device_name(device)
     print("SGD step of the autoencoder 784-1000-500-250-30-250-500-1000-784, batch 200, fp32")
     print(f"hardware: {name} ({device.type}, {torch.get_num_threads()} CPU threads), "
           f"torch {torch.__version__}, {updates} updates per timing, "

@@ -29,7 +29,7 @@ import torch
 
 import sokit
 from sokit import losses, models
-from sokit.experiments import device_name
+from sokit.device import device_name
 from sokit.optim import ubp
 
 HERE = Path(__file__).resolve().parent

@@ -10,37 +10,39 @@ member's loss is tracked separately. A member whose loss or gradient step (learn
 times gradient) is not finite is *diverged*: it is frozen at its last finite parameters
 (``torch.where`` on a per-member mask, so no NaN reaches the others) and reported with
 the step at which it diverged. Every step is a fixed sequence of tensor operations with
-no host synchronisation, so on CUDA :func:`cuda_graph_step` captures it as one CUDA graph;
-on CPU it runs eagerly.
+no host synchronisation, so on CUDA :func:`train_population` captures it as one CUDA
+graph (:class:`sokit.graphs.CapturedStep`, shared with :func:`sokit.train.train`); on
+CPU it runs eagerly.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sokit.graphs import CapturedStep
 from sokit.models import ACTIVATIONS
 
-__all__ = ["Population", "architecture", "population_loss", "train_population", "cuda_graph_step"]
+__all__ = ["Population", "architecture", "population_loss", "train_population"]
 
 _ACT_FN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh, "linear": lambda a: a,
 }
-LOSSES = ("mse_sum", "cross_entropy")
+LOSSES = ("mse", "cross_entropy")
 _MODULE_ACT = {nn.Sigmoid: "sigmoid", nn.ReLU: "relu", nn.Tanh: "tanh"}
 
 
 def population_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-member loss, shape (P,), for outputs (P, B, n_out).
 
-    "mse_sum": squared error summed over features, mean over examples (the thesis's
+    "mse": squared error summed over features, mean over examples (the thesis's
     MSE, as :func:`sokit.losses.mse_sum`); "cross_entropy": mean over examples, with
     integer labels.
     """
-    if loss == "mse_sum":
+    if loss == "mse":
         return ((output - target) ** 2).sum(-1).mean(-1)
     if loss == "cross_entropy":
         P, B, C = output.shape
@@ -63,7 +65,7 @@ class Population:
         biases: Sequence[torch.Tensor],
         activations: Sequence[str],
         lr: torch.Tensor | Sequence[float],
-        loss: str = "mse_sum",
+        loss: str = "mse",
     ):
         if not (len(weights) == len(biases) == len(activations)) or not weights:
             raise ValueError(
@@ -99,7 +101,7 @@ class Population:
         lr: Sequence[float] | torch.Tensor,
         prescale: Sequence[float] | torch.Tensor,
         seeds: Sequence[int],
-        loss: str = "mse_sum",
+        loss: str = "mse",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> "Population":
@@ -122,7 +124,7 @@ class Population:
         return cls(weights, biases, activations, torch.as_tensor(lr, dtype=dtype, device=device), loss)
 
     @classmethod
-    def from_models(cls, models: Sequence[nn.Sequential], lr: Sequence[float], loss: str = "mse_sum") -> "Population":
+    def from_models(cls, models: Sequence[nn.Sequential], lr: Sequence[float], loss: str = "mse") -> "Population":
         """Stack plain ``nn.Sequential`` MLPs (Linear layers with biases, each followed by
         at most one Sigmoid / ReLU / Tanh), e.g. from :func:`sokit.models.mlp`."""
         structures = [_structure(m) for m in models]
@@ -219,41 +221,6 @@ def _structure(model: nn.Sequential) -> tuple[list[nn.Linear], list[str]]:
     return linears, acts
 
 
-def cuda_graph_step(pop: Population, x_shape: Sequence[int], y_shape: Sequence[int],
-                    y_dtype: torch.dtype | None = None, warmup: int = 3):
-    """Capture :meth:`Population.step` as one CUDA graph.
-
-    Returns ``(step, static_x, static_y)``: copy a minibatch into the static buffers,
-    call ``step()``, read the (P,) losses it returns (a static tensor overwritten by
-    the next replay). The warm-up steps are real SGD steps on zero inputs, so capture
-    a *fresh* copy of the population's state: this function snapshots the parameters
-    and divergence state before warming up and restores them before capture.
-    """
-    dev = pop.weights[0].device
-    if dev.type != "cuda":
-        raise ValueError(f"CUDA graphs need the population on a CUDA device, it is on {dev}; use pop.step on CPU")
-    static_x = torch.zeros(*x_shape, device=dev, dtype=pop.weights[0].dtype)
-    static_y = torch.zeros(*y_shape, device=dev, dtype=y_dtype or pop.weights[0].dtype)
-    state = [t.clone() for t in pop.parameters() + [pop.diverged, pop.diverged_at, pop.steps]]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            pop.step(static_x, static_y)
-    torch.cuda.current_stream().wait_stream(side)
-    for t, s in zip(pop.parameters() + [pop.diverged, pop.diverged_at, pop.steps], state):
-        t.copy_(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = pop.step(static_x, static_y)
-
-    def step() -> torch.Tensor:
-        graph.replay()
-        return static_loss
-
-    return step, static_x, static_y
-
-
 def train_population(
     pop: Population,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -269,7 +236,8 @@ def train_population(
     "diverged": (P,) bool, "diverged_at": (P,) int}``, all on the CPU. ``graph=None``
     uses a CUDA graph exactly when the population lives on a CUDA device.
     """
-    use_graph = pop.weights[0].device.type == "cuda" if graph is None else graph
+    device = pop.weights[0].device
+    use_graph = device.type == "cuda" if graph is None else graph
     it = iter(batches)
     history = []
     step = None
@@ -277,7 +245,8 @@ def train_population(
         x, y = next(it)
         if use_graph:
             if step is None:
-                step, sx, sy = cuda_graph_step(pop, x.shape, y.shape, y.dtype)
+                sx, sy = torch.empty_like(x), torch.empty_like(y)
+                step = CapturedStep(lambda: pop.step(sx, sy), device)
             sx.copy_(x)
             sy.copy_(y)
             history.append(step().clone())

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from sokit import experiments
+
 
 
 def sokit(*args, env=None, timeout=600):
@@ -22,17 +24,33 @@ def test_cli_trains_the_autoencoder_and_writes_results(tmp_path):
     record = json.loads(out.read_text())
     res = record["results"]
     assert res["updates"][-1] == 4 and len(res["minibatch_loss"]) == 4 and not res["diverged"]
-    assert record["config"]["lr"] == 0.1 and record["provenance"]["torch_version"]
+    assert record["config"]["method"]["kwargs"]["lr"] == 0.1 and record["provenance"]["torch_version"]
+
+
+def test_cli_trains_with_any_registered_optimizer(tmp_path):
+    out = tmp_path / "kfac.json"
+    p = sokit("train", "--optimizer", "kfac", "--lr", "0.001", "--option", "amortization=2",
+              "--option", "curvature=gauss_newton", "--updates", "3", "--batch-size", "20",
+              "--eval-subset", "100", "--n-evals", "2", "--device", "cpu", "--no-progress", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    spec = json.loads(out.read_text())["config"]["method"]
+    assert spec == {"optimizer": "kfac", "norm": None, "prescale": 15.0,
+                    "kwargs": {"lr": 0.001, "amortization": 2, "curvature": "gauss_newton", "loss": "mse"}}
 
 
 def test_cli_run_stores_a_registered_experiment(tmp_path):
     p = sokit("run", "sgd_autoencoder", "--profile", "smoke", env={"SOKIT_RESULTS": str(tmp_path)})
     assert p.returncode == 0, p.stderr
+    assert "training ..." in p.stdout and "stored" in p.stdout
+    again = sokit("run", "sgd_autoencoder", "--profile", "smoke", env={"SOKIT_RESULTS": str(tmp_path)})
+    assert "training" not in again.stdout and "loaded" in again.stdout
     record = json.loads((tmp_path / "sgd_autoencoder" / "smoke.json").read_text())
     assert record["experiment"] == "sgd_autoencoder" and record["profile"] == "smoke"
     assert record["results"]["updates"][-1] == record["config"]["updates"]
     listing = sokit("list", env={"SOKIT_RESULTS": str(tmp_path)})
     assert "sgd_autoencoder" in listing.stdout and "stored: smoke" in listing.stdout
+    assert len(listing.stdout.splitlines()) == len(experiments.registry())  # one line each
+    assert "fig6_2" in sokit("run", "--help").stdout
 
 
 def test_cli_errors_name_the_problem():

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from sokit.experiments import get, load_or_run, result_path
-from sokit.registry import fig6
+from sokit.experiments import fig6, get, is_current, load, load_or_run, methods, result_path
+from sokit.report import tables
 
 FIGURES = ["fig6_1", "fig6_2", "fig6_3", "fig6_3_fashion"]
 
@@ -25,8 +25,8 @@ def test_profiles_follow_the_thesis_protocol(name):
 
 
 def test_method_lists_match_the_figures():
-    assert list(get("fig6_1").configs["full"]["methods"]) == fig6.FIG6_1
-    assert list(get("fig6_2").configs["full"]["methods"]) == fig6.FIG6_2
+    assert list(get("fig6_1").configs["full"]["methods"]) == list(fig6.FIG6_1)
+    assert list(get("fig6_2").configs["full"]["methods"]) == list(fig6.FIG6_2)
     for name in ("fig6_3", "fig6_3_fashion"):
         methods = get(name).configs["full"]["methods"]
         assert {"KFAC (Gauss-Newton)", "KFAC (natural gradient)"} <= set(methods)
@@ -38,16 +38,15 @@ def test_method_lists_match_the_figures():
 def test_every_method_builds_its_optimizer(name):
     config = get(name).configs["full"]
     for label, spec in config["methods"].items():
-        model = fig6.build_model(config, spec)
-        optimizer = fig6.build_optimizer(spec, model)
+        model, optimizer = methods.build(config, spec)
         assert hasattr(optimizer, "step") and hasattr(optimizer, "state_dict"), label
 
 
 def test_unknown_optimizer_and_model_raise():
     with pytest.raises(ValueError, match="unknown optimizer"):
-        fig6.method("adam", lr=0.1)
+        methods.method("adam", lr=0.1)
     with pytest.raises(ValueError, match="unknown model"):
-        fig6.build_model({"model": "resnet"}, {"norm": None, "prescale": 1.0})
+        methods.build_model({"model": "resnet"}, {"norm": None, "prescale": 1.0})
 
 
 @pytest.mark.parametrize("name", ["fig6_1", "fig6_2", "fig6_3_fashion"])
@@ -68,13 +67,13 @@ def test_smoke_profile_runs_and_learns(name, tmp_path, monkeypatch):
 
 def test_comparison_table_speedup_is_per_update():
     # thesis SGD: 1,589 s / 3e5 updates = 5.3 ms; ours: 1.589 s / 100 updates = 15.9 ms -> 0.33x
-    assert fig6.speedup(1.589, 100, 1589) == pytest.approx(1 / 3)
-    assert fig6.speedup(1.0, 0, 1589) is None and fig6.speedup(1.0, 10, None) is None
+    assert tables.speedup(1.589, 100, 1589) == pytest.approx(1 / 3)
+    assert tables.speedup(1.0, 0, 1589) is None and tables.speedup(1.0, 10, None) is None
     record = {"experiment": "fig6_1", "profile": "quick", "config": {"updates": 100},
               "provenance": {"device": "cpu", "device_type": "cpu", "cpu_threads": 1, "commit": "abc"},
               "results": {"SGD": {"train_loss": [5.0, 4.0], "test_loss": [6.0, 5.5], "wall_clock_s": 1.589,
                                   "updates": [50, 100], "diverged": False}}}
-    table = fig6.comparison_table(record)
+    table = tables.comparison_table(record)
     assert "| SGD | 4 | 5.5 | 2 | 2.11 | 4.46 | 1,589 | 0.33x |" in table
 
 
@@ -82,10 +81,8 @@ def test_comparison_table_speedup_is_per_update():
                                         ("classifier", "fig6_3_fashion_hparams"),
                                         ("autoencoder", "fig6_acp_alpha")])
 def test_hparams_are_the_best_trials_of_the_stored_search(task, name):
-    from sokit.experiments import load, matches
-
     record = load(name, "quick")
-    assert matches(record, name, "quick"), f"no current search stored: python -m sokit run {name} --profile quick"
+    assert is_current(name, "quick"), f"no current search stored: python -m sokit run {name} --profile quick"
     alpha_searched = {"ACP, fixed alpha"} if task == "autoencoder" else set()
     labels = set(record["results"]) if name == "fig6_acp_alpha" else set(fig6.HPARAMS[task]) - alpha_searched
     assert labels <= set(record["results"])

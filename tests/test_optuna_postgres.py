@@ -16,13 +16,13 @@ import textwrap
 import optuna
 import pytest
 
-from sokit.optuna_sampler import BiasedRandomSampler
+from sokit.optuna_search import BiasedRandomSampler
 
 pytestmark = pytest.mark.postgres
 
 WORKER = textwrap.dedent("""
     import math, sys, optuna
-    from sokit.optuna_sampler import BiasedRandomSampler
+    from sokit.optuna_search import BiasedRandomSampler
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url, name, worker, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 

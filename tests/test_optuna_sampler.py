@@ -6,7 +6,7 @@ import numpy as np
 import optuna
 import pytest
 
-from sokit.optuna_sampler import BiasedRandomSampler
+from sokit.optuna_search import BiasedRandomSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -85,7 +85,7 @@ def test_multi_objective_is_refused():
 
 
 def test_optuna_search_adapter_runs_tpe_in_lockstep():
-    from sokit.optuna_sampler import OptunaSearch
+    from sokit.optuna_search import OptunaSearch
     from sokit.search import Integer, LogUniform, Space, Uniform, run_lockstep
     space = Space({"lr": LogUniform(1e-7, 1e2), "prescale": Uniform(10, 20), "k": Integer(1, 3)})
     def f(c):

@@ -100,7 +100,7 @@ def batches(loss_name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def curvature_backward(opt: Any, output: torch.Tensor, loss_name: str) -> None:
     """The train loop's extra call between forward and backward (ONE place to adapt)."""
     if hasattr(opt, "curvature_backward"):
-        opt.curvature_backward(output, loss_name)
+        opt.curvature_backward(output)
 
 
 class PreconditionerThenSGD:

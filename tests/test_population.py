@@ -7,7 +7,8 @@ from torch import nn
 
 from sokit.models import autoencoder, mlp
 from sokit.population import Population, population_loss, train_population
-from sokit.losses import mse_sum, cross_entropy
+from sokit.graphs import CapturedStep
+from sokit.losses import cross_entropy, mse_sum
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,7 @@ def _batches(n, B, n_in, n_out, seed, labels=False):
         yield x, y
 
 
-@pytest.mark.parametrize("loss,acts,out", [("mse_sum", "sigmoid", "sigmoid"), ("cross_entropy", "relu", "linear")])
+@pytest.mark.parametrize("loss,acts,out", [("mse", "sigmoid", "sigmoid"), ("cross_entropy", "relu", "linear")])
 def test_population_equals_separate_sgd_runs(loss, acts, out):
     sizes = [6, 5, 4, 3]
     lrs = [0.05, 0.2, 0.5, 1.0]
@@ -38,7 +39,7 @@ def test_population_equals_separate_sgd_runs(loss, acts, out):
     pop = Population.from_models(models, lrs, loss=loss)
     batches = list(_batches(15, 8, sizes[0], sizes[-1], seed=3, labels=loss == "cross_entropy"))
     res = train_population(pop, batches, updates=len(batches))
-    loss_fn = mse_sum if loss == "mse_sum" else cross_entropy
+    loss_fn = mse_sum if loss == "mse" else cross_entropy
     for i, (m, lr) in enumerate(zip(models, lrs)):
         opt = torch.optim.SGD(m.parameters(), lr=lr)
         ref = []
@@ -57,7 +58,7 @@ def test_population_equals_separate_sgd_runs(loss, acts, out):
 def test_population_loss_matches_sokit_losses():
     out = torch.randn(3, 7, 5, dtype=torch.float64)
     y = torch.rand(7, 5, dtype=torch.float64)
-    torch.testing.assert_close(population_loss(out, y, "mse_sum"), torch.stack([mse_sum(o, y) for o in out]))
+    torch.testing.assert_close(population_loss(out, y, "mse"), torch.stack([mse_sum(o, y) for o in out]))
     lab = torch.randint(0, 5, (7,))
     torch.testing.assert_close(population_loss(out, lab, "cross_entropy"),
                                torch.stack([cross_entropy(o, lab) for o in out]))
@@ -128,8 +129,7 @@ def test_member_roundtrip_and_bad_input():
     with pytest.raises(ValueError, match="unknown loss"):
         Population.from_models([m], [0.1], loss="hinge")
     with pytest.raises(ValueError, match="CUDA"):
-        from sokit.population import cuda_graph_step
-        cuda_graph_step(pop, (2, 784), (2, 784))
+        CapturedStep(lambda: pop.step(torch.zeros(2, 784), torch.zeros(2, 784)), torch.device("cpu"))
 
 
 def test_search_over_a_population_where_a_third_diverge():

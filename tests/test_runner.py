@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from sokit import models, runner
+from sokit import models
+from sokit.experiments import runner
 
 #: set by a test to make a method's optimizer die (an interrupted job), in this process only
 CRASH: dict[str, int] = {}
@@ -45,8 +46,8 @@ def config(updates: int = 12) -> dict:
 
 
 def test_methods_in_worker_processes_match_one_process():
-    one = runner.run_methods(config(), build)
-    two = runner.run_methods(config(), build, jobs=2)
+    one = runner.run_methods(config(), build=build)
+    two = runner.run_methods(config(), build=build, jobs=2)
     assert list(two) == ["slow", "fast"]
     for label in one:
         assert one[label]["updates"] == two[label]["updates"]
@@ -57,18 +58,18 @@ def test_methods_in_worker_processes_match_one_process():
 
 def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path):
     cfg = config(updates=40)
-    straight = runner.run_methods(cfg, build)
+    straight = runner.run_methods(cfg, build=build)
     work = tmp_path / "work"
     CRASH["fast"] = 30
     try:
         with pytest.raises(Interrupt):
-            runner.run_methods(cfg, build, work)
+            runner.run_methods(cfg, work, build=build)
     finally:
         CRASH.clear()
     assert (work / f"{runner.slug('slow')}.json").exists()  # finished: not trained again
     saved = torch.load(work / f"{runner.slug('fast')}.pt", weights_only=False)
     assert 0 < saved["step"] <= 30
-    resumed = runner.run_methods(cfg, build, work)
+    resumed = runner.run_methods(cfg, work, build=build)
     for label in straight:
         for key in ("updates", "train_loss", "test_loss", "minibatch_loss"):
             assert resumed[label][key] == straight[label][key], (label, key)
@@ -89,5 +90,5 @@ def test_slugs_are_file_names_and_keep_labels_apart():
     a, b = runner.slug("ACP, fixed alpha"), runner.slug("ACP; fixed alpha")
     assert a != b and all(c.isalnum() or c == "_" for c in a + b)
     with pytest.raises(ValueError, match="jobs must be at least 1"):
-        runner.run_methods(config(), build, jobs=0)
+        runner.run_methods(config(), build=build, jobs=0)
     json.dumps(config())  # configs stay JSON

@@ -157,12 +157,13 @@ def test_registered_experiments_follow_the_thesis():
 def test_table4_1_runs_end_to_end_on_a_stand_in_dataset(monkeypatch):
     import torch
     from sokit import data
-    from sokit.registry import search as reg
+    from sokit.experiments import searches as reg
+    from sokit.report import plots, tables
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 784, generator=g)
     monkeypatch.setattr(data, "load", lambda name, device="cpu": data.Dataset(name, x, torch.zeros(64, dtype=torch.long),
                                                                               x[:8], torch.zeros(8, dtype=torch.long)))
-    cfg = {**reg.registry_config("table4_1", "smoke"), "n_train": 64, "n_eval": 16, "batch": 8, "iterations": 2,
+    cfg = {**reg.TABLE4_1.configs["smoke"], "n_train": 64, "n_eval": 16, "batch": 8, "iterations": 2,
            "searches": 2, "experiments": 4}
     res = reg.run_table4_1(cfg)
     assert set(res["methods"]) == {"grid", "random", "biased_random", "tpe"}
@@ -170,18 +171,18 @@ def test_table4_1_runs_end_to_end_on_a_stand_in_dataset(monkeypatch):
     for m, s in res["methods"].items():
         assert len(s["best"]) == 2 and all(0 < b < 784 for b in s["best"])
         np.testing.assert_allclose(s["mean"], np.mean(s["best"]))
-    rows = reg.table4_1_rows({"results": res})
+    rows = tables.table4_1_rows({"results": res})
     assert [r["thesis mean"] for r in rows] == [27.23, 27.02, 26.61, None]
     cfg41 = {**cfg, "methods": ["grid", "random", "biased_random"], "searches": 1}
     rec = {"config": cfg41, "results": reg.run_scatter(cfg41, log_prescale=False)}
     assert [len(h) for h in rec["results"]["histories"].values()] == [4, 4, 4]
     import matplotlib
     matplotlib.use("Agg")
-    assert len(reg.plot_fig4_1(rec).axes) == 4  # three panels and a colour bar
+    assert len(plots.plot_fig4_1(rec).axes) == 4  # three panels and a colour bar
 
 
 def test_landscape_is_nearest_neighbour_with_diverged_as_worst():
-    from sokit.registry.search import landscape
+    from sokit.report.plots import landscape
     space = Space({"lr": LogUniform(1e-4, 1e0), "prescale": Uniform(10, 20)})
     hist = [{"config": {"lr": 1e-4 * 10 ** 0.4, "prescale": 12.0}, "cost": 5.0},
             {"config": {"lr": 1e-4 * 10 ** 3.6, "prescale": 18.0}, "cost": None},

@@ -1,10 +1,11 @@
-"""The book's results-at-a-glance table (sokit.summary)."""
+"""The book's results-at-a-glance table (sokit.report.glance)."""
 
 from __future__ import annotations
 
 import json
 
-from sokit import experiments, summary
+from sokit import experiments
+from sokit.report import glance as summary
 
 
 def test_every_thesis_experiment_has_a_row():

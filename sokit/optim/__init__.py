@@ -23,13 +23,39 @@ updated backpropagation (:class:`UBP`, :mod:`sokit.optim.ubp`, Algorithm 2) are
 exported here too; their details live in their modules.
 """
 
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
 from .acp import ACP, ACPPreconditioner
 from .amortization import AdaptiveAmortization, FixedAmortization
 from .centered import CenteredGD, CenteredPreconditioner
 from .hooks import LinearHooks, UnsupportedLayerError
 from .kfac import KFAC, KFACPreconditioner
 from .nnn import NNN
+from .sgd import sgd
 from .ubp import UBP
+
+#: name -> factory ``(model, **kwargs) -> optimizer``: how experiments, searches and the
+#: CLI build an optimizer from a method spec (:mod:`sokit.experiments.methods`). A new
+#: optimizer is a module of its own plus one line here.
+OPTIMIZERS: dict[str, Callable[..., Any]] = {
+    "sgd": sgd,
+    "centered": CenteredGD,
+    "acp": ACP,
+    "kfac": KFAC,
+    "nnn": NNN,
+    "ubp": UBP,
+}
+
+
+def build(name: str, model: nn.Module, **kwargs: Any) -> Any:
+    """The optimizer ``OPTIMIZERS[name]`` for ``model``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](model, **kwargs)
+
 
 __all__ = [
     "ACP",
@@ -42,6 +68,9 @@ __all__ = [
     "KFACPreconditioner",
     "LinearHooks",
     "NNN",
+    "OPTIMIZERS",
     "UBP",
+    "build",
+    "sgd",
     "UnsupportedLayerError",
 ]

@@ -163,6 +163,8 @@ class PreconditionedSGD:
         self.params = [p for p in preconditioner.model.parameters() if p.requires_grad]
         if hasattr(preconditioner, "curvature_backward"):
             self.curvature_backward = preconditioner.curvature_backward
+        if hasattr(preconditioner, "loss"):
+            self.loss = preconditioner.loss  # the loss it was built for (sokit.train checks it)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:

@@ -104,11 +104,13 @@ def kfac_direction(gW: Tensor | None, gb: Tensor | None, h: Tensor, g: Tensor | 
 class KFACPreconditioner(LayerPreconditioner):
     """KFAC as a preconditioner: :meth:`precondition` rewrites ``.grad`` in place.
 
-    ``KFACPreconditioner(model, loss="mse", curvature="fisher", damping=1e-3,
-    damping_split="pi", amortization=100, gn_probes="rademacher", seed=0)``.
+    ``KFACPreconditioner(model, loss, curvature="fisher", damping=1e-3,
+    damping_split="pi", amortization=100, gn_probes="rademacher", seed=0)``. ``loss`` is
+    the training loss, given once here ("mse" or "cross_entropy", see :mod:`sokit.losses`):
+    it decides the probes of :meth:`curvature_backward`.
     """
 
-    def __init__(self, model: nn.Module, loss: str = "mse", curvature: str = "fisher",
+    def __init__(self, model: nn.Module, loss: str, curvature: str = "fisher",
                  damping: float = 1e-3, damping_split: str = "pi",
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  gn_probes: str = "rademacher", seed: int = 0,
@@ -175,11 +177,10 @@ class KFACPreconditioner(LayerPreconditioner):
         eps = torch.randn(f.shape, generator=gen, dtype=f.dtype, device=f.device)
         return [math.sqrt(2.0) * eps]  # 2 (f - y) with y = f - eps / sqrt(2) ~ N(f, I/2)
 
-    def curvature_backward(self, output: Tensor, loss: str | None = None) -> None:
-        """Back-propagate the probes on refresh updates; leaves ``.grad`` untouched."""
-        if loss is not None and loss != self.loss:
-            raise ValueError(f"KFAC was built for loss {self.loss!r} but the train loop "
-                             f"uses {loss!r}; pass loss={loss!r} to the constructor")
+    def curvature_backward(self, output: Tensor) -> None:
+        """Back-propagate the probes on refresh updates; leaves ``.grad`` untouched.
+
+        Call it after the forward pass and before ``loss.backward()``."""
         if output.dim() != 2:
             raise ValueError(f"KFAC expects a (batch, outputs) network output, got shape "
                              f"{tuple(output.shape)}")
@@ -204,7 +205,7 @@ class KFACPreconditioner(LayerPreconditioner):
         if not self._probed:
             raise RuntimeError(
                 "KFAC needs its curvature pass on refresh updates: call "
-                "curvature_backward(output, loss) after the forward pass and before "
+                "curvature_backward(output) after the forward pass and before "
                 "loss.backward() (sokit.train.train does this)"
             )
         return self._g_sums[i]
@@ -279,13 +280,13 @@ class KFACPreconditioner(LayerPreconditioner):
 
 
 class KFAC(PreconditionedSGD):
-    """KFAC with a learning rate: ``KFAC(model, lr, loss="mse", curvature="fisher", ...)``.
+    """KFAC with a learning rate: ``KFAC(model, lr, loss, curvature="fisher", ...)``.
 
     Takes ``theta <- theta - lr (A kron G + damping)^-1 grad`` (factored) with the
     arguments of :class:`KFACPreconditioner`.
     """
 
-    def __init__(self, model: nn.Module, lr: float, loss: str = "mse",
+    def __init__(self, model: nn.Module, lr: float, loss: str,
                  curvature: str = "fisher", damping: float = 1e-3, damping_split: str = "pi",
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  gn_probes: str = "rademacher", seed: int = 0,

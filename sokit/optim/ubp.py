@@ -271,12 +271,12 @@ class UBP(torch.optim.Optimizer):
         out = model(x); loss = mse_sum(out, x)
         opt.zero_grad(); loss.backward(); opt.step()
 
-    It plugs into :func:`sokit.train.train` unchanged (``curvature_backward`` only
-    checks that the loop's loss is the one UBP was built for).
+    It plugs into :func:`sokit.train.train` unchanged (which checks that its loss is
+    the ``loss`` UBP was built for).
     """
 
     def __init__(
-        self, model: nn.Sequential, lr: float, loss: str = "mse", hessian: str = "gn", compress: bool = True
+        self, model: nn.Sequential, lr: float, loss: str, hessian: str = "gn", compress: bool = True
     ) -> None:
         if lr < 0:
             raise ValueError(f"lr must be non-negative, got {lr}")
@@ -311,11 +311,6 @@ class UBP(torch.optim.Optimizer):
             self._record["grad_output"] = g.detach()
 
         out.register_hook(keep_grad)
-
-    def curvature_backward(self, output: Tensor, loss: str) -> None:
-        """Hook of :func:`sokit.train.train`: check the loss; the hooks record the rest."""
-        if loss != self.loss:
-            raise ValueError(f"this UBP was built for loss {self.loss!r} but the train loop uses {loss!r}")
 
     def remove_hooks(self) -> None:
         """Detach the optimizer from the model."""

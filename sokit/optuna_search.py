@@ -1,4 +1,5 @@
-"""Biased random search (Algorithm 1 of the thesis) as an Optuna sampler.
+"""Search with Optuna: biased random search (Algorithm 1 of the thesis) as an Optuna sampler,
+and any Optuna sampler behind :mod:`sokit.search`'s ask / tell interface.
 
 ``BiasedRandomSampler`` plugs Algorithm 1 into any Optuna study (Akiba et al., 2019),
 including studies shared by many worker processes or machines
@@ -27,7 +28,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from sokit.search import CostModel, History, LogUniform, NearestNeighbour, Space, Trial, Integer, acceptance_probability
+from sokit.search import CostModel, History, Integer, LogUniform, NearestNeighbour, Space, Trial, acceptance_probability
 
 __all__ = ["BiasedRandomSampler", "OptunaSearch"]
 

@@ -17,10 +17,18 @@ import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
+
+from sokit import data as sokit_data
+from sokit.device import default_device
+from sokit.train import train
+
+from .methods import build as build_method
+from .store import read_json, write_json
 
 #: ``build(config, spec) -> (model, optimizer)``, called after seeding; must be a
 #: module-level function when ``jobs > 1`` (it is sent to worker processes)
@@ -48,19 +56,15 @@ def prepare_workdir(workdir: Path, config: dict[str, Any]) -> None:
     stamp.write_text(key + "\n")
 
 
-def train_method(config: dict[str, Any], label: str, build: Build,
+def train_method(config: dict[str, Any], label: str, build: Build = build_method,
                  workdir: str | None = None, threads: int | None = None) -> dict[str, Any]:
     """Train method ``label`` of ``config`` (resuming its checkpoint in ``workdir``).
 
     ``threads``: CPU threads for this process (so that concurrent workers share the cores).
     """
-    from sokit import data as sokit_data
-    from sokit.experiments import default_device
-    from sokit.train import train
-
     finished = Path(workdir) / f"{slug(label)}.json" if workdir else None
     if finished is not None and finished.exists():
-        return json.loads(finished.read_text())
+        return read_json(finished)
     if threads is not None:
         torch.set_num_threads(threads)
     device = default_device()
@@ -74,18 +78,17 @@ def train_method(config: dict[str, Any], label: str, build: Build,
                    progress=False)
     result["cpu_threads"] = torch.get_num_threads()  # workers share the cores: record what this one had
     if finished is not None:
-        tmp = finished.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, allow_nan=True))
-        tmp.replace(finished)
+        write_json(finished, result)
     return result
 
 
-def run_methods(config: dict[str, Any], build: Build, workdir: Path | None = None,
-                jobs: int = 1) -> dict[str, dict[str, Any]]:
+def run_methods(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1,
+                build: Build = build_method) -> dict[str, dict[str, Any]]:
     """Train every method of ``config["methods"]``; {label: train result}, in config order.
 
     ``workdir``: where checkpoints and finished methods are kept (None: nothing kept).
-    ``jobs``: how many methods train at once, each in its own process.
+    ``jobs``: how many methods train at once, each in its own process. ``build`` turns
+    (config, method spec) into (model, optimizer); by default the shared method spec.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sokit import experiments
+from sokit import experiments, thesis
+from sokit.experiments.searches import METHOD_LABELS
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,6 @@ def single_run(record: dict[str, Any]) -> str:
 
 def search_table(record: dict[str, Any]) -> str:
     """Mean +- std over searches of the best final training loss, per search method."""
-    from sokit.registry.search import METHOD_LABELS
-
     return "; ".join(f"{METHOD_LABELS[m]} {s['mean']:.2f} ± {s['std']:.2f}"
                      for m, s in record["results"]["methods"].items())
 
@@ -65,17 +64,12 @@ def search_scatter(record: dict[str, Any]) -> str:
 
 
 def _thesis_curves(name: str) -> str:
-    from sokit.registry.fig6 import THESIS
-
-    return "; ".join(f"{label} {train:.3g}" for label, (train, _, _) in THESIS[name].items())
+    return "; ".join(f"{label} {train:.3g}" for label, (train, _, _) in thesis.FIG6_FINAL[name].items())
 
 
 def items() -> list[Item]:
     """The thesis's experimental figures and tables, in the thesis's order."""
-    from sokit.registry.fig5 import THESIS_FINAL_TRAIN
-    from sokit.registry.search import THESIS_TABLE4_1
-
-    t41 = "; ".join(f"{m.replace('_', ' ')} {mean} ± {std}" for m, (mean, std) in THESIS_TABLE4_1.items())
+    t41 = "; ".join(f"{m.replace('_', ' ')} {mean} ± {std}" for m, (mean, std) in thesis.TABLE4_1.items())
     return [
         Item("Figure 2.2", "fig2_2", "chapter 2", "a scatter of final losses (no number printed)",
              search_scatter),
@@ -83,12 +77,12 @@ def items() -> list[Item]:
              search_scatter),
         Item("Table 4.I", "table4_1", "chapter 4", t41, search_table),
         Item("Figure 5.1", "fig5_1", "chapter 5",
-             "; ".join(f"{k} {v}" for k, v in THESIS_FINAL_TRAIN.items()), final_train),
+             "; ".join(f"{k} {v}" for k, v in thesis.FIG5_1_FINAL_TRAIN.items()), final_train),
         Item("Figure 6.1", "fig6_1", "chapter 6", _thesis_curves("fig6_1"), final_train),
         Item("Figure 6.2", "fig6_2", "chapter 6", _thesis_curves("fig6_2"), final_train),
         Item("Figure 6.2, SGD curve", "sgd_autoencoder", "chapter 2", "SGD 2.11", single_run),
         Item("Figure 6.3", "fig6_3", "chapter 6",
-             "train cross-entropy < 0.01 for ACP (fixed alpha) and both KFACs; SGD 0.42",
+             thesis.FIG6_3_SUMMARY,
              final_train, note="CIFAR-10 is download-only and cannot be fetched where the book "
                                "is built; see the Fashion-MNIST stand-in below"),
         Item("Figure 6.3 (stand-in)", "fig6_3_fashion", "chapter 6",
@@ -110,7 +104,7 @@ def rows() -> list[dict[str, str]]:
     for item in items():
         profile = experiments.pick_profile(item.experiment)
         record = experiments.load(item.experiment, profile)
-        if not experiments.matches(record, item.experiment, profile):
+        if not experiments.is_current(item.experiment, profile):
             ours, where, profile = f"not stored{': ' + item.note if item.note else ''}", "-", "-"
         else:
             prov = record["provenance"]

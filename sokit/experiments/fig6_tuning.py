@@ -6,11 +6,10 @@ and 6.2) and ``fig6_3_fashion_hparams`` (the classifier) run the same search per
 at a reduced budget: ``trials`` experiments of ``updates`` updates each (batch 200,
 seed 0), over the learning rate and the prescale (the factor of the initial weight
 variance), both log-uniform. A trial's cost is the mean of its last 20 minibatch losses;
-diverged or failed trials count as the worst cost. The learning rates and prescales in
-:data:`sokit.registry.fig6.HPARAMS` are the best trials of the stored ``quick`` results
-(a test checks that they agree). Damping (eps = 1e-3) is not searched; ACP's fixed alpha
-is held at 1 there, and ``fig6_acp_alpha`` searches it (with the lr and prescale) on the
-autoencoder.
+diverged or failed trials count as the worst cost. :data:`sokit.experiments.fig6.HPARAMS`
+holds the best trials of the stored ``quick`` results (a test checks that they agree).
+Damping (eps = 1e-3) is not searched; ACP's fixed alpha is held at 1 there, and
+``fig6_acp_alpha`` searches it (with the lr and prescale) on the autoencoder.
 """
 
 from __future__ import annotations
@@ -22,10 +21,13 @@ from typing import Any
 import torch
 
 from sokit import data as sokit_data
-from sokit.experiments import Experiment, default_device, register
-from sokit.registry.fig6 import (FIG6_1, FIG6_2, FIG6_3, build_model, build_optimizer, methods_for,
-                                 task_base)
+from sokit.device import default_device
 from sokit.search import BiasedRandomSearch, LogUniform, Space, run_search
+from sokit.train import train
+
+from . import fig6
+from .experiment import Experiment
+from .methods import build
 
 #: SGD-like methods search the learning rate in the first range, preconditioned ones
 #: (whose step is already scaled by the curvature) in the second
@@ -50,16 +52,14 @@ def trial_cost(config: dict[str, Any], label: str, hp: dict[str, float],
                data: sokit_data.Dataset) -> float:
     """Train method ``label`` with ``hp`` for ``config["updates"]``; mean of the last 20
     minibatch losses (NaN when the run diverged)."""
-    from sokit.train import train
-
     spec = copy.deepcopy(config["methods"][label])
     spec["kwargs"]["lr"] = hp["lr"]
     spec["prescale"] = hp["prescale"]
     if "alpha" in hp:
         spec["kwargs"]["alpha"] = hp["alpha"]
     torch.manual_seed(config["seed"])
-    model = build_model(config, spec)
-    res = train(model, build_optimizer(spec, model), data, config["loss"], config["updates"],
+    model, optimizer = build(config, spec)
+    res = train(model, optimizer, data, config["loss"], config["updates"],
                 batch_size=config["batch_size"], seed=config["seed"], n_evals=1, eval_subset=200,
                 progress=False)
     tail = res["minibatch_loss"][-TAIL:]
@@ -74,50 +74,58 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for label in config["methods"]:
         searcher = BiasedRandomSearch(space(config, label), seed=config["seed"])
-        history = run_search(searcher, lambda hp: trial_cost(config, label, hp, data), config["trials"])
+        history = run_search(searcher, lambda hp, label=label: trial_cost(config, label, hp, data),
+                             config["trials"])
         best = history.best()
         out[label] = {"history": history.to_dict(), "best": best.config if best else None,
                       "best_cost": best.cost if best else None, "rejections": searcher.rejections}
     return out
 
 
-def profiles(task: str, dataset: str, model: str, names: list[str], trials: int = 10,
+def searched(task: str, figure: dict[str, fig6.Method], search_alpha: bool) -> dict[str, dict[str, Any]]:
+    """The method specs of a search: no lr and prescale (searched); ACP's fixed alpha left
+    out when searched, else held at 1."""
+    specs = {label: make(task, fig6.AMORTIZATION) for label, make in figure.items()}
+    for spec in specs.values():
+        if isinstance(spec["kwargs"].get("alpha"), float):
+            if search_alpha:
+                del spec["kwargs"]["alpha"]
+            else:
+                spec["kwargs"]["alpha"] = 1.0
+    return specs
+
+
+def profiles(task: str, dataset: str, model: str, figure: dict[str, fig6.Method], trials: int = 10,
              **extra: Any) -> dict[str, dict[str, Any]]:
     """smoke (2 trials of 3 updates, two methods) and quick (the stored search)."""
-    methods = methods_for(task, names)
-    for spec in methods.values():
-        del spec["kwargs"]["lr"]  # searched; keeps this config free of the results
-        spec.pop("prescale", None)
-        if "alpha_range" in extra:
-            spec["kwargs"].pop("alpha", None)
-        elif isinstance(spec["kwargs"].get("alpha"), float):
-            spec["kwargs"]["alpha"] = 1.0  # held at 1 here; fig6_acp_alpha searches it
-    base = dict(task_base(task, dataset, model), methods=methods, lr_range=LR_RANGE,
+    methods = searched(task, figure, "alpha_range" in extra)
+    base = dict(fig6.task_base(task, dataset, model), methods=methods, lr_range=LR_RANGE,
                 prescale_range=PRESCALE_RANGE[task], **extra)
-    return {"smoke": dict(base, trials=2, updates=3,
-                          methods={n: methods[n] for n in names[:2]}),
+    return {"smoke": dict(base, trials=2, updates=3, methods=dict(list(methods.items())[:2])),
             "quick": dict(base, trials=trials, updates=300)}
 
 
-register(Experiment(
-    "fig6_hparams",
-    "Biased random search of the learning rate and prescale of every Figure 6.1/6.2 method "
-    "on the MNIST autoencoder: 10 trials of 300 updates per method (quick), batch 200.",
-    profiles("autoencoder", "mnist", "autoencoder", FIG6_2 + [n for n in FIG6_1 if n not in FIG6_2]),
-    run))
+def fig6_hparams() -> Experiment:
+    return Experiment(
+        "fig6_hparams",
+        "Biased random search of lr and prescale for every Figure 6.1/6.2 method (MNIST autoencoder)",
+        profiles("autoencoder", "mnist", "autoencoder", {**fig6.FIG6_2, **fig6.FIG6_1}), run,
+        notes="10 trials of 300 updates per method (quick), batch 200.")
 
-register(Experiment(
-    "fig6_acp_alpha",
-    "Biased random search of the learning rate, prescale and fixed alpha of ACP (Algorithm 4) "
-    "on the MNIST autoencoder: 15 trials of 300 updates (quick), batch 200, alpha log-uniform "
-    "in [0.01, 100]. Run after fig6_hparams showed ACP with alpha = 1 far behind SGD.",
-    profiles("autoencoder", "mnist", "autoencoder", ["ACP, fixed alpha"], trials=15,
-             alpha_range=[0.01, 100.0]),
-    run))
 
-register(Experiment(
-    "fig6_3_fashion_hparams",
-    "Biased random search of the learning rate and prescale of every Figure 6.3 method on "
-    "the Fashion-MNIST classifier: 10 trials of 300 updates per method (quick), batch 200.",
-    profiles("classifier", "fashion-mnist", "mlp", FIG6_3),
-    run))
+def fig6_acp_alpha() -> Experiment:
+    return Experiment(
+        "fig6_acp_alpha",
+        "Biased random search of ACP's lr, prescale and fixed alpha (MNIST autoencoder)",
+        profiles("autoencoder", "mnist", "autoencoder", {"ACP, fixed alpha": fig6.acp_fixed}, trials=15,
+                 alpha_range=[0.01, 100.0]), run,
+        notes="15 trials of 300 updates (quick), batch 200, alpha log-uniform in [0.01, 100]. Run after "
+              "fig6_hparams showed ACP with alpha = 1 far behind SGD.")
+
+
+def fig6_3_fashion_hparams() -> Experiment:
+    return Experiment(
+        "fig6_3_fashion_hparams",
+        "Biased random search of lr and prescale for every Figure 6.3 method (Fashion-MNIST classifier)",
+        profiles("classifier", "fashion-mnist", "mlp", fig6.FIG6_3), run,
+        notes="10 trials of 300 updates per method (quick), batch 200.")

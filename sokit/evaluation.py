@@ -1,0 +1,50 @@
+"""When and how a run is evaluated: the log-spaced schedule and the full-set loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from sokit import losses
+
+#: chunk size for full-dataset evaluation
+EVAL_CHUNK = 10000
+
+
+def eval_schedule(updates: int, n_evals: int = 20, eval_every: str | int = "log") -> list[int]:
+    """Update counts after which train and test loss are measured.
+
+    ``"log"``: about ``n_evals`` counts spaced evenly in log scale from 1 to ``updates``
+    (rounded, duplicates removed); an int ``k``: every ``k`` updates. ``updates`` is
+    always included.
+    """
+    if updates < 1:
+        raise ValueError(f"updates must be at least 1, got {updates}")
+    if eval_every == "log":
+        if n_evals < 1:
+            raise ValueError(f"n_evals must be at least 1, got {n_evals}")
+        points = np.unique(np.round(np.geomspace(1, updates, n_evals)).astype(int))
+        sched = [int(p) for p in points]
+    elif isinstance(eval_every, int) and eval_every >= 1:
+        sched = list(range(eval_every, updates + 1, eval_every))
+    else:
+        raise ValueError(f"eval_every must be 'log' or a positive int, got {eval_every!r}")
+    if not sched or sched[-1] != updates:
+        sched.append(updates)
+    return sched
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> float:
+    """The loss over the whole of (x, y), in eval mode (running statistics for batch norm)."""
+    loss_fn = losses.get(loss)
+    target = x if losses.target_kind(loss) == "input" else y
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), EVAL_CHUNK):
+        xc, tc = x[i:i + EVAL_CHUNK], target[i:i + EVAL_CHUNK]
+        total += loss_fn(model(xc), tc).double() * len(xc)
+    model.train(was_training)
+    return float(total / len(x))

@@ -1,0 +1,57 @@
+"""What produced a stored result: commit (and whether the tree was dirty), versions,
+device, start time, wall-clock."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import sokit
+from sokit.device import device_name
+
+_PACKAGE = Path(sokit.__file__).resolve().parent
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=_PACKAGE, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit, or "unknown" outside a git checkout."""
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def git_dirty() -> bool | None:
+    """Whether the checkout has uncommitted changes to tracked files (None outside git)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
+
+
+def now() -> str:
+    """The UTC time, to the second, in ISO format."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(device: torch.device, started: str, wall_clock_s: float) -> dict[str, Any]:
+    """The provenance block of a stored record."""
+    return {
+        "commit": git_commit(),
+        "dirty": git_dirty(),
+        "sokit_version": sokit.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": device_name(device),
+        "device_type": device.type,
+        "cpu_threads": torch.get_num_threads(),
+        "started": started,
+        "wall_clock_s": wall_clock_s,
+    }

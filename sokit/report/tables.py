@@ -1,0 +1,67 @@
+"""The book's tables, computed from stored records beside the thesis's numbers (:mod:`sokit.thesis`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sokit import thesis
+from sokit.experiments.searches import METHOD_LABELS
+
+
+def summary(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per method: final train loss, best test loss, training seconds, updates done."""
+    out = {}
+    for label, res in results.items():
+        out[label] = {"train": res["train_loss"][-1] if res["train_loss"] else math.nan,
+                      "best_test": min(res["test_loss"]) if res["test_loss"] else math.nan,
+                      "seconds": res["wall_clock_s"],
+                      "updates": res["updates"][-1] if res["updates"] else 0,
+                      "diverged": res["diverged"]}
+    return out
+
+
+def speedup(ours_seconds: float, ours_updates: int, thesis_seconds: float | None,
+            thesis_updates: int = thesis.UPDATES) -> float | None:
+    """How many times faster per update we train than the thesis's Titan Black run."""
+    if thesis_seconds is None or not ours_updates or not ours_seconds > 0:
+        return None
+    return (thesis_seconds / thesis_updates) / (ours_seconds / ours_updates)
+
+
+def comparison_table(record: dict[str, Any]) -> str:
+    """A markdown table of our numbers (``record`` from load_or_run) next to the thesis's.
+
+    The speed-up is per update (seconds per update of the thesis over ours), so that a
+    run shorter than the thesis's 3e5 updates can still be compared.
+    """
+    reference = thesis.FIG6_FINAL.get(record["experiment"], {})
+    prov = record["provenance"]
+    head = (f"Ours: profile `{record['profile']}`, {record['config']['updates']:,} updates, "
+            f"{prov['device']} ({prov['device_type']}, {prov['cpu_threads']} threads), "
+            f"commit {prov['commit'][:10]}. Thesis: 3e5 updates, Titan Black.\n\n")
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    rows = ["| method | train (ours) | best test (ours) | seconds (ours) | "
+            "train (thesis) | best test (thesis) | seconds (thesis) | speed-up per update |",
+            "|---|---|---|---|---|---|---|---|"]
+    for label, s in summary(record["results"]).items():
+        t = reference.get(label, (None, None, None))
+        mark = " (diverged)" if s["diverged"] else ""
+        up = speedup(s["seconds"], s["updates"], t[2])
+        rows.append(f"| {label}{mark} | {fmt(s['train'], '.3g')} | {fmt(s['best_test'], '.3g')} | "
+                    f"{fmt(s['seconds'], '.0f')} | {fmt(t[0], '.3g')} | {fmt(t[1], '.3g')} | "
+                    f"{fmt(t[2], ',')} | {fmt(up, '.2g')}{'x' if up is not None else ''} |")
+    return head + "\n".join(rows)
+
+
+def table4_1_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of Table 4.I: ours (mean, std over searches) beside the thesis's."""
+    rows = []
+    for m, s in record["results"]["methods"].items():
+        ref = thesis.TABLE4_1.get(m)
+        rows.append({"method": METHOD_LABELS[m], "mean": round(s["mean"], 3), "std": round(s["std"], 3),
+                     "thesis mean": ref[0] if ref else None, "thesis std": ref[1] if ref else None})
+    return rows
