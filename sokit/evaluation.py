@@ -36,15 +36,24 @@ def eval_schedule(updates: int, n_evals: int = 20, eval_every: str | int = "log"
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> float:
-    """The loss over the whole of (x, y), in eval mode (running statistics for batch norm)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> dict[str, float]:
+    """The loss over the whole of (x, y), in eval mode (running statistics for batch norm):
+    ``{"loss"}``, plus ``"error"`` (the fraction of misclassified examples) for a classifier."""
     loss_fn = losses.get(loss)
-    target = x if losses.target_kind(loss) == "input" else y
+    classifier = losses.target_kind(loss) == "label"
+    target = y if classifier else x
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
+    wrong = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), EVAL_CHUNK):
         xc, tc = x[i:i + EVAL_CHUNK], target[i:i + EVAL_CHUNK]
-        total += loss_fn(model(xc), tc).double() * len(xc)
+        out = model(xc)
+        total += loss_fn(out, tc).double() * len(xc)
+        if classifier:
+            wrong += (out.argmax(1) != tc).sum()
     model.train(was_training)
-    return float(total / len(x))
+    result = {"loss": float(total / len(x))}
+    if classifier:
+        result["error"] = float(wrong / len(x))
+    return result

@@ -97,6 +97,16 @@ class _Run:
     def diverge(self, at: int) -> None:
         self.curve["diverged"], self.curve["diverged_at"] = True, at
 
+    def record(self, on_train: dict[str, float], on_test: dict[str, float]) -> None:
+        """An evaluation point: losses (and a classifier's error rates) at this update."""
+        self.curve["updates"].append(self.step)
+        self.curve["seconds"].append(self.seconds)
+        self.curve["train_loss"].append(on_train["loss"])
+        self.curve["test_loss"].append(on_test["loss"])
+        if "error" in on_train:
+            self.curve.setdefault("train_error", []).append(on_train["error"])
+            self.curve.setdefault("test_error", []).append(on_test["error"])
+
 
 def _make_step(model: nn.Module, optimizer: Any, loss: str, x: torch.Tensor, y: torch.Tensor,
                run: _Run) -> Callable[[], None]:
@@ -151,7 +161,8 @@ def train(
     same run is resumed.
 
     Returns {"updates", "seconds", "train_loss", "test_loss"} at the evaluation
-    schedule, "minibatch_loss" (every update, or means over windows of
+    schedule (for a classifier also "train_error" and "test_error", the fractions
+    misclassified), "minibatch_loss" (every update, or means over windows of
     "minibatch_every" updates), "diverged", "diverged_at", "wall_clock_s" and
     "cuda_graph".
     """
@@ -226,15 +237,13 @@ def train(
                 run.diverge(bad)
             elif at_eval:
                 pending.pop(0)
-                train_loss = evaluate(model, eval_data.train_x, eval_data.train_y, loss)
-                test_loss = evaluate(model, eval_data.test_x, eval_data.test_y, loss)
-                if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+                on_train = evaluate(model, eval_data.train_x, eval_data.train_y, loss)
+                on_test = evaluate(model, eval_data.test_x, eval_data.test_y, loss)
+                if not (math.isfinite(on_train["loss"]) and math.isfinite(on_test["loss"])):
                     run.diverge(run.step)
                 else:
-                    for key, value in zip(("updates", "seconds", "train_loss", "test_loss"),
-                                          (run.step, run.seconds, train_loss, test_loss)):
-                        run.curve[key].append(value)
-                    bar.set_postfix(train=f"{train_loss:.4g}", test=f"{test_loss:.4g}")
+                    run.record(on_train, on_test)
+                    bar.set_postfix(train=f"{on_train['loss']:.4g}", test=f"{on_test['loss']:.4g}")
                 save()
             elif path is not None and time.monotonic() - last_save >= checkpoint_every_s:
                 save()

@@ -192,8 +192,17 @@ def test_classification_with_labels_and_eval_subset():
     data = toy_data(classes=3)
     r = train.train(model, opt, data, "cross_entropy", 30, batch_size=32, progress=False, eval_subset=50)
     with torch.no_grad():
-        expected = losses.cross_entropy(model(data.train_x[:50]), data.train_y[:50]).item()
+        out = model(data.train_x[:50])
+        expected = losses.cross_entropy(out, data.train_y[:50]).item()
+        error = (out.argmax(1) != data.train_y[:50]).double().mean().item()
+        test_error = (model(data.test_x[:50]).argmax(1) != data.test_y[:50]).double().mean().item()
     assert r["train_loss"][-1] == pytest.approx(expected, rel=1e-5)
+    assert r["train_error"][-1] == pytest.approx(error) and r["test_error"][-1] == pytest.approx(test_error)
+    assert len(r["train_error"]) == len(r["updates"]) == len(r["test_error"])
+    net = models.mlp([8, 6, 8])
+    autoencoder = train.train(net, torch.optim.SGD(net.parameters(), lr=0.1), toy_data(), "mse", 2, batch_size=16,
+                              progress=False)
+    assert "train_error" not in autoencoder  # error rates only for classifiers
 
 
 def test_dtype_mismatch_is_named_and_a_float64_run_records_float64_losses():

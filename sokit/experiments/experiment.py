@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 #: "smoke": seconds on a CPU (notebooks and CI); "quick": minutes on a 2-core CPU;
-#: "full": the thesis's scale, for a GPU
-PROFILES = ("smoke", "quick", "full")
+#: "long": an hour or more on a CPU, run in the background; "full": the thesis's scale, for a GPU
+PROFILES = ("smoke", "quick", "long", "full")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import resource
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,15 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def provenance(device: torch.device, started: str, wall_clock_s: float) -> dict[str, Any]:
-    """The provenance block of a stored record."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished child processes."""
+    self, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self.ru_utime + self.ru_stime + children.ru_utime + children.ru_stime
+
+
+def provenance(device: torch.device, started: str, wall_clock_s: float,
+               cpu_s: float | None = None) -> dict[str, Any]:
+    """The provenance block of a stored record (``cpu_s``: CPU seconds it took, all processes)."""
     return {
         "commit": git_commit(),
         "dirty": git_dirty(),
@@ -54,4 +62,5 @@ def provenance(device: torch.device, started: str, wall_clock_s: float) -> dict[
         "cpu_threads": torch.get_num_threads(),
         "started": started,
         "wall_clock_s": wall_clock_s,
+        "cpu_seconds": cpu_s,
     }

@@ -16,7 +16,7 @@ from sokit.device import default_device
 
 from . import catalog, store
 from .experiment import PROFILES, Experiment
-from .provenance import now, provenance
+from .provenance import cpu_seconds, now, provenance
 
 
 def _experiment(exp: str | Experiment) -> Experiment:
@@ -33,11 +33,11 @@ def default_profile() -> str:
 
 def pick_profile(exp: str | Experiment) -> str:
     """The profile a notebook shows: ``$SOKIT_PROFILE`` when set; else the largest of
-    "full" and "quick" with a stored result of the registered config; else "smoke"."""
+    "full", "long" and "quick" with a stored result of the registered config; else "smoke"."""
     if os.environ.get("SOKIT_PROFILE"):
         return default_profile()
     exp = _experiment(exp)
-    for profile in ("full", "quick"):
+    for profile in ("full", "long", "quick"):
         if profile in exp.configs and store.matches(store.load(exp.name, profile), exp.configs[profile]):
             return profile
     return "smoke"
@@ -62,13 +62,14 @@ def run_experiment(exp: str | Experiment, profile: str, jobs: int = 1) -> dict[s
         raise ValueError(f"experiment {exp.name!r} runs as one job; drop jobs={jobs}")
     store.check_writable(exp.name)
     started = now()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     if exp.resumable:
         results = exp.run(config, workdir=store.work_dir(exp.name, profile), jobs=jobs)
     else:
         results = exp.run(config)
     record = {"experiment": exp.name, "profile": profile, "config": config, "notes": exp.notes,
-              "results": results, "provenance": provenance(default_device(), started, time.perf_counter() - t0)}
+              "results": results,
+              "provenance": provenance(default_device(), started, time.perf_counter() - t0, cpu_seconds() - cpu0)}
     store.save(record)
     if exp.resumable:
         shutil.rmtree(store.work_dir(exp.name, profile), ignore_errors=True)

@@ -10,17 +10,45 @@ method                        preconditioner                     optimizer
 centered GD (Algorithm 3)     :class:`CenteredPreconditioner`    :class:`CenteredGD`
 ACP (Algorithm 4)             :class:`ACPPreconditioner`         :class:`ACP`
 KFAC, GN or Fisher (6.4.1)    :class:`KFACPreconditioner`        :class:`KFAC`
+Natural Neural Networks       (reparametrizes the model)         :class:`NNN`
+updated backprop (Alg. 2)     -                                  :class:`UBP`
 ============================  =================================  ==========================
 
-``amortization`` is an ``int`` N (refresh every N updates, Algorithm 4) or an
-:class:`AdaptiveAmortization` (refresh a layer when its input statistics drift).
-``fused=True`` (ACP, KFAC) computes the direction inside each layer's backward.
-KFAC's optimizer and preconditioner have ``curvature_backward(output, loss)``, which
-:func:`sokit.train.train` calls between the forward and the backward pass.
+The contract
+------------
+*Construction.* An optimizer is built from the model, not from its parameters, because
+it needs the layers: ``ACP(model, lr, ...)``. :data:`OPTIMIZERS` maps a name to such a
+factory ``(model, **kwargs)``; experiments, searches and the CLI build every optimizer
+through it (:func:`build`), so a new optimizer is a module of its own plus one line in
+that table.
 
-Natural Neural Networks (:class:`NNN`, :mod:`sokit.optim.nnn`, section 6.4.2) and
-updated backpropagation (:class:`UBP`, :mod:`sokit.optim.ubp`, Algorithm 2) are
-exported here too; their details live in their modules.
+*What a step sees.* :class:`LinearHooks` (:mod:`.hooks`) puts a forward hook on every
+``nn.Linear`` ``a = W h + b``: it records the layer's input ``h`` and, through a tensor
+hook on ``a``, the gradient ``dl/da`` of the backward pass. Only passes with gradients
+enabled are recorded, so an evaluation under ``torch.no_grad`` between backward and
+step changes nothing. ``step()`` (or ``precondition()``) then uses the records of the
+last forward/backward pair and clears them. NNN and UBP keep their own records (NNN
+reparametrizes each layer; UBP keeps preactivations and ``dL/df``).
+
+*The training step.* ``output = model(x)``; ``optimizer.curvature_backward(output)`` if
+the optimizer has that method; ``loss = loss_fn(output, target)``; ``zero_grad()``;
+``loss.backward()``; ``step()``. :func:`sokit.train.train` runs exactly this.
+
+*curvature_backward.* Only KFAC has it: on a refresh update it back-propagates its
+probes (a target sampled from the model's predictive distribution for the Fisher, or
+Rademacher / exact probes of the output Hessian for Gauss-Newton) so that the hooks see
+``dl/da`` under the curvature's distribution rather than the data's; it leaves ``.grad``
+untouched and returns at once on the other updates. KFAC (and UBP) are told the
+training loss once, at construction (``loss="mse"`` or ``"cross_entropy"``, names of
+:mod:`sokit.losses`); ``sokit.train`` refuses a run whose loss differs.
+
+*Schedule.* ``amortization`` is an ``int`` N (refresh the statistics and inverses
+every N updates, Algorithm 4) or an :class:`AdaptiveAmortization` (refresh a layer
+when its input statistics drift). ``fused=True`` (ACP, KFAC) computes the direction
+inside each layer's backward instead of rewriting ``.grad`` afterwards.
+
+*State.* ``state_dict()`` / ``load_state_dict()`` hold tensors and plain values only,
+so checkpoints load with ``torch.load(weights_only=True)``.
 """
 
 from collections.abc import Callable

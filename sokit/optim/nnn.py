@@ -53,11 +53,6 @@ class WhitenedLinear(nn.Module):
         self.last_input = h.detach()
         return torch.addmm(self.d, (h - self.mu) @ self.U, self.V.t())
 
-    def effective_linear(self) -> tuple[Tensor, Tensor]:
-        """The equivalent ``(W, b)`` of ``a = W h + b``: ``W = V U``, ``b = d - V U mu``."""
-        W = self.V @ self.U
-        return W, self.d - W @ self.mu
-
     @torch.no_grad()
     def refresh(self, h: Tensor, eps: float) -> None:
         """Re-estimate ``mu``, ``U`` from inputs ``h`` (B, n_in), preserving the function."""
