@@ -169,6 +169,7 @@ def profiles(task: str, dataset: str, model: str, figure: dict[str, Method],
 
 
 QUICK_AE, QUICK_CLS = 1000, 3000
+LONG_UPDATES = 10_000
 
 
 def comparison(name: str, description: str, task: str, dataset: str, model: str,

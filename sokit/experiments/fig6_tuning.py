@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from typing import Any
 
 import torch
@@ -35,6 +36,10 @@ FIRST_ORDER = ("SGD", "mean-only batch norm + SGD", "batch norm + SGD", "centere
 LR_RANGE = {"first_order": [1e-3, 1.0], "second_order": [1e-4, 0.3]}
 PRESCALE_RANGE = {"autoencoder": [0.5, 20.0], "classifier": [0.5, 8.0]}
 TAIL = 20
+#: each optimizer's own knobs, searched beside the learning rate and prescale by the
+#: equal-budget searches (log-uniform ranges); ACP with a fixed alpha also searches alpha
+KNOBS = {"acp": {"eps": [1e-4, 1.0]}, "nnn": {"eps": [1e-4, 1.0]}, "kfac": {"damping": [1e-4, 1.0]}}
+ALPHA_RANGE = [0.01, 100.0]
 
 
 def space(config: dict[str, Any], label: str) -> Space:
@@ -45,7 +50,18 @@ def space(config: dict[str, Any], label: str) -> Space:
             "prescale": LogUniform(*config["prescale_range"])}
     if "alpha_range" in config:
         dims["alpha"] = LogUniform(*config["alpha_range"])
+    for name, bounds in config.get("knobs", {}).get(label, {}).items():
+        dims[name] = LogUniform(*bounds)
     return Space(dims)
+
+
+def searcher_seed(config: dict[str, Any], label: str) -> int:
+    """The search's own seed: shared by every method in the first searches, one per method
+    (a stable hash of the label) in the equal-budget ones, so that no two methods are
+    offered the same proposals."""
+    if config.get("searcher_seeds") == "per_method":
+        return config["seed"] + zlib.crc32(label.encode()) % 1_000_000
+    return config["seed"]
 
 
 def trial_cost(config: dict[str, Any], label: str, hp: dict[str, float],
@@ -53,10 +69,8 @@ def trial_cost(config: dict[str, Any], label: str, hp: dict[str, float],
     """Train method ``label`` with ``hp`` for ``config["updates"]``; mean of the last 20
     minibatch losses (NaN when the run diverged)."""
     spec = copy.deepcopy(config["methods"][label])
-    spec["kwargs"]["lr"] = hp["lr"]
     spec["prescale"] = hp["prescale"]
-    if "alpha" in hp:
-        spec["kwargs"]["alpha"] = hp["alpha"]
+    spec["kwargs"].update({k: v for k, v in hp.items() if k != "prescale"})  # lr and the knobs
     torch.manual_seed(config["seed"])
     model, optimizer = build(config, spec)
     res = train(model, optimizer, data, config["loss"], config["updates"],
@@ -73,7 +87,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     data = sokit_data.load(config["dataset"], device=default_device())
     out = {}
     for label in config["methods"]:
-        searcher = BiasedRandomSearch(space(config, label), seed=config["seed"])
+        searcher = BiasedRandomSearch(space(config, label), seed=searcher_seed(config, label))
         history = run_search(searcher, lambda hp, label=label: trial_cost(config, label, hp, data),
                              config["trials"])
         best = history.best()
@@ -129,3 +143,42 @@ def fig6_3_fashion_hparams() -> Experiment:
         "Biased random search of lr and prescale for every Figure 6.3 method (Fashion-MNIST classifier)",
         profiles("classifier", "fashion-mnist", "mlp", fig6.FIG6_3), run,
         notes="10 trials of 300 updates per method (quick), batch 200.")
+
+
+def equal_budget(name: str, task: str, dataset: str, model: str, figure: dict[str, fig6.Method],
+                 trials: int, updates: int, tuned_for: int) -> Experiment:
+    """One figure's equal-budget search: every method gets ``trials`` trials of ``updates``
+    updates over its log learning rate, log prescale and its own knobs (:data:`KNOBS`;
+    ACP with a fixed alpha also alpha), each method with its own searcher seed."""
+    if updates * 10 < tuned_for:
+        raise ValueError(f"{name}: trials of {updates} updates are too short to tune runs of {tuned_for:,}")
+    plain = {label: make(task, fig6.AMORTIZATION) for label, make in figure.items()}
+    knobs = {label: {**KNOBS.get(spec["optimizer"], {}),
+                     **({"alpha": ALPHA_RANGE} if isinstance(spec["kwargs"].get("alpha"), float) else {})}
+             for label, spec in plain.items()}
+    methods = searched(task, figure, search_alpha=True)
+    for label, spec in methods.items():
+        for knob in knobs[label]:
+            spec["kwargs"].pop(knob, None)  # searched
+    base = dict(fig6.task_base(task, dataset, model), methods=methods, knobs=knobs, lr_range=LR_RANGE,
+                prescale_range=PRESCALE_RANGE[task], searcher_seeds="per_method")
+    two = dict(list(methods.items())[:2])
+    return Experiment(
+        name, f"Equal-budget biased random search of every {name.split('_search')[0]} method "
+        f"({trials} trials x {updates:,} updates each)",
+        {"smoke": dict(base, trials=2, updates=3, methods=two), "long": dict(base, trials=trials, updates=updates)},
+        run,
+        notes=f"Every method gets the same budget, {trials} trials of {updates:,} updates (a tenth of the "
+              f"{tuned_for:,}-update runs they tune), over log lr, log prescale and its own knobs "
+              "(damping eps of ACP and NNN, damping of KFAC, alpha of fixed-alpha ACP); each method's "
+              "searcher has its own seed; cost: mean of the last 20 minibatch losses.")
+
+
+def fig6_search() -> Experiment:
+    return equal_budget("fig6_search", "autoencoder", "mnist", "autoencoder", {**fig6.FIG6_2, **fig6.FIG6_1},
+                        trials=6, updates=1000, tuned_for=fig6.LONG_UPDATES)
+
+
+def fig6_3_fashion_search() -> Experiment:
+    return equal_budget("fig6_3_fashion_search", "classifier", "fashion-mnist", "mlp", fig6.FIG6_3,
+                        trials=10, updates=1000, tuned_for=fig6.LONG_UPDATES)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from sokit import thesis
 from sokit.experiments.searches import METHOD_LABELS
 
@@ -65,3 +67,54 @@ def table4_1_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"method": METHOD_LABELS[m], "mean": round(s["mean"], 3), "std": round(s["std"], 3),
                      "thesis mean": ref[0] if ref else None, "thesis std": ref[1] if ref else None})
     return rows
+
+
+def _interp_loglog(xs: list[float], ys: list[float], x: float) -> float:
+    """Our curve at ``x`` updates, log-log interpolated between evaluation points (NaN outside)."""
+    if not xs or not xs[0] <= x <= xs[-1]:
+        return math.nan
+    return float(np.exp(np.interp(math.log(x), np.log(xs), np.log(ys))))
+
+
+def checkpoints(last: int) -> list[int]:
+    """The update counts a comparison reports: every decade from 10 up to ``last``, and ``last``."""
+    points = [10 ** k for k in range(1, 7) if 10 ** k <= last]
+    return points + ([last] if last not in points else [])
+
+
+def equal_updates(record: dict[str, Any], figure: str | None = None,
+                  panel: str = "train MSE vs updates") -> list[dict[str, Any]]:
+    """Per method and checkpoint: our training loss and the thesis's at the same number of
+    updates (its plotted curve, :func:`sokit.thesis.curve`), their ratio, and the thesis's
+    final value. Methods the thesis's figure does not have are left out."""
+    figure = figure or record["experiment"]
+    rows = []
+    for label, res in record["results"].items():
+        if label not in thesis.SERIES.get(figure, {}) or not res["updates"]:
+            continue
+        reference = thesis.curve(figure, panel, label)
+        for u in checkpoints(res["updates"][-1]):
+            ours = _interp_loglog(res["updates"], res["train_loss"], u)
+            theirs = reference.at(u)
+            rows.append({"method": label, "updates": u, "ours": ours, "thesis": theirs,
+                         "ratio": ours / theirs if theirs > 0 else math.nan, "thesis final": reference.final,
+                         "diverged": res["diverged"],
+                         # the thesis evaluated once per epoch: before its first evaluation its
+                         # curve is a straight line from the initial loss, not a measurement
+                         "thesis measured": u >= reference.x[1]})
+    return rows
+
+
+def equal_updates_table(record: dict[str, Any], figure: str | None = None) -> str:
+    """:func:`equal_updates` as a Markdown table (ratio = ours / thesis's, at equal updates).
+
+    A thesis value marked * lies before the thesis's first evaluation (one epoch, 300
+    updates): it is read off the straight line the figure draws from the initial loss.
+    """
+    lines = ["| method | updates | ours | thesis | ours / thesis | thesis after 3e5 |", "|---|---|---|---|---|---|"]
+    for r in equal_updates(record, figure):
+        mark = " (diverged)" if r["diverged"] else ""
+        star = "" if r["thesis measured"] else "*"
+        lines.append(f"| {r['method']}{mark} | {r['updates']:,} | {r['ours']:.3g} | {r['thesis']:.3g}{star} | "
+                     f"{r['ratio']:.2f}{star} | {r['thesis final']:.3g} |")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Equal tuning within a figure (issue 12 item 4): the same search budget for every method."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sokit.experiments import fig6, fig6_tuning, get, load_or_run
+
+SEARCHES = {"fig6_search": {**fig6.FIG6_2, **fig6.FIG6_1}, "fig6_3_fashion_search": fig6.FIG6_3}
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+def test_every_method_of_a_figure_gets_the_same_budget_and_its_own_knobs(name):
+    config = get(name).configs["long"]
+    assert list(config["methods"]) == list(SEARCHES[name])
+    assert config["updates"] * 10 >= fig6.LONG_UPDATES  # trials at least a tenth of the runs they tune
+    budgets = {label: config["trials"] * config["updates"] for label in config["methods"]}
+    assert len(set(budgets.values())) == 1  # one budget (trials x updates) for every method
+    seeds = {label: fig6_tuning.searcher_seed(config, label) for label in config["methods"]}
+    assert len(set(seeds.values())) == len(seeds), "two methods share a searcher seed"
+    for label, spec in config["methods"].items():
+        dims = set(fig6_tuning.space(config, label).dims)
+        own = {"acp": {"eps"}, "nnn": {"eps"}, "kfac": {"damping"}}.get(spec["optimizer"], set())
+        if label == "ACP, fixed alpha":
+            own |= {"alpha"}
+        assert dims == {"lr", "prescale"} | own, label
+        assert not own & set(spec["kwargs"]), f"{label}: a searched knob is also fixed in its spec"
+
+
+def test_trials_too_short_for_the_runs_they_tune_are_refused():
+    with pytest.raises(ValueError, match="too short"):
+        fig6_tuning.equal_budget("x_search", "autoencoder", "mnist", "autoencoder", fig6.FIG6_1, trials=2,
+                                 updates=100, tuned_for=10_000)
+
+
+def test_equal_budget_search_smoke_runs_and_searches_the_knobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOKIT_RESULTS", str(tmp_path))
+    record = load_or_run("fig6_3_fashion_search", "smoke")
+    first = record["results"]["ACP, fixed alpha"]
+    assert len(first["history"]) == 2
+    assert {"lr", "prescale", "eps", "alpha"} == set(first["history"][0]["config"])
+    costs = [t["cost"] for t in first["history"]]
+    assert all(c is None or math.isfinite(c) for c in costs)
