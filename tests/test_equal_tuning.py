@@ -43,3 +43,21 @@ def test_equal_budget_search_smoke_runs_and_searches_the_knobs(tmp_path, monkeyp
     assert {"lr", "prescale", "eps", "alpha"} == set(first["history"][0]["config"])
     costs = [t["cost"] for t in first["history"]]
     assert all(c is None or math.isfinite(c) for c in costs)
+
+
+def test_an_interrupted_search_continues_with_the_methods_not_yet_searched(tmp_path, monkeypatch):
+    config = get("fig6_3_fashion_search").configs["smoke"]
+    first, second = list(config["methods"])
+    calls = []
+
+    def fake(config, label, data):
+        calls.append(label)
+        if label == second and len(calls) == 2:
+            raise KeyboardInterrupt  # stopped while searching the second method
+        return {"history": [], "best": None, "best_cost": None, "rejections": 0}
+
+    monkeypatch.setattr(fig6_tuning, "search_method", fake)
+    with pytest.raises(KeyboardInterrupt):
+        fig6_tuning.run_resumable(config, tmp_path / "work")
+    out = fig6_tuning.run_resumable(config, tmp_path / "work")
+    assert calls == [first, second, second] and list(out) == [first, second]

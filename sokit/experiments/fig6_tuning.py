@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import zlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ from sokit.train import train
 from . import fig6
 from .experiment import Experiment
 from .methods import build
+from .runner import prepare_workdir, slug
+from .store import read_json, write_json
 
 #: SGD-like methods search the learning rate in the first range, preconditioned ones
 #: (whose step is already scaled by the curvature) in the second
@@ -82,17 +85,38 @@ def trial_cost(config: dict[str, Any], label: str, hp: dict[str, float],
     return sum(tail) / len(tail)
 
 
+def search_method(config: dict[str, Any], label: str, data: sokit_data.Dataset) -> dict[str, Any]:
+    """One biased random search of method ``label``: {"history", "best", "best_cost", "rejections"}."""
+    searcher = BiasedRandomSearch(space(config, label), seed=searcher_seed(config, label))
+    history = run_search(searcher, lambda hp: trial_cost(config, label, hp, data), config["trials"])
+    best = history.best()
+    return {"history": history.to_dict(), "best": best.config if best else None,
+            "best_cost": best.cost if best else None, "rejections": searcher.rejections}
+
+
 def run(config: dict[str, Any]) -> dict[str, Any]:
-    """One biased random search per method; {label: {"history", "best", "best_cost"}}."""
+    """One biased random search per method; {label: search_method(...)}."""
+    data = sokit_data.load(config["dataset"], device=default_device())
+    return {label: search_method(config, label, data) for label in config["methods"]}
+
+
+def run_resumable(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
+    """:func:`run`, keeping each method's finished search in ``workdir`` (an interrupted
+    run continues with the methods not yet searched); one process."""
+    if jobs != 1:
+        raise ValueError(f"searches run their methods one after another; use jobs=1, got {jobs}")
+    if workdir is not None:
+        prepare_workdir(workdir, config)
     data = sokit_data.load(config["dataset"], device=default_device())
     out = {}
     for label in config["methods"]:
-        searcher = BiasedRandomSearch(space(config, label), seed=searcher_seed(config, label))
-        history = run_search(searcher, lambda hp, label=label: trial_cost(config, label, hp, data),
-                             config["trials"])
-        best = history.best()
-        out[label] = {"history": history.to_dict(), "best": best.config if best else None,
-                      "best_cost": best.cost if best else None, "rejections": searcher.rejections}
+        done = workdir / f"{slug(label)}.json" if workdir is not None else None
+        if done is not None and done.exists():
+            out[label] = read_json(done)
+            continue
+        out[label] = search_method(config, label, data)
+        if done is not None:
+            write_json(done, out[label])
     return out
 
 
@@ -167,16 +191,17 @@ def equal_budget(name: str, task: str, dataset: str, model: str, figure: dict[st
         name, f"Equal-budget biased random search of every {name.split('_search')[0]} method "
         f"({trials} trials x {updates:,} updates each)",
         {"smoke": dict(base, trials=2, updates=3, methods=two), "long": dict(base, trials=trials, updates=updates)},
-        run,
+        run_resumable,
         notes=f"Every method gets the same budget, {trials} trials of {updates:,} updates (a tenth of the "
               f"{tuned_for:,}-update runs they tune), over log lr, log prescale and its own knobs "
               "(damping eps of ACP and NNN, damping of KFAC, alpha of fixed-alpha ACP); each method's "
-              "searcher has its own seed; cost: mean of the last 20 minibatch losses.")
+              "searcher has its own seed; cost: mean of the last 20 minibatch losses.",
+        resumable=True)
 
 
 def fig6_search() -> Experiment:
     return equal_budget("fig6_search", "autoencoder", "mnist", "autoencoder", {**fig6.FIG6_2, **fig6.FIG6_1},
-                        trials=6, updates=1000, tuned_for=fig6.LONG_UPDATES)
+                        trials=5, updates=1000, tuned_for=fig6.LONG_UPDATES)
 
 
 def fig6_3_fashion_search() -> Experiment:
