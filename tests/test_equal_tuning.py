@@ -61,3 +61,19 @@ def test_an_interrupted_search_continues_with_the_methods_not_yet_searched(tmp_p
         fig6_tuning.run_resumable(config, tmp_path / "work")
     out = fig6_tuning.run_resumable(config, tmp_path / "work")
     assert calls == [first, second, second] and list(out) == [first, second]
+
+
+@pytest.mark.parametrize("task, name", [("autoencoder", "fig6_search"), ("classifier", "fig6_3_fashion_search")])
+def test_the_long_profile_uses_the_best_trials_of_the_stored_equal_budget_search(task, name):
+    from sokit.experiments import is_current, load
+
+    record = load(name, "long")
+    if not fig6.TUNED[task]:
+        assert record is None, f"{name} is stored: copy its best trials into fig6.TUNED[{task!r}]"
+        return
+    assert is_current(name, "long"), f"fig6.TUNED[{task!r}] needs a current stored {name} (long)"
+    for label, best in fig6.TUNED[task].items():
+        stored = record["results"][label]["best"]
+        assert set(best) == set(stored), label
+        for key, value in best.items():
+            assert value == pytest.approx(stored[key], rel=5e-3), (label, key)

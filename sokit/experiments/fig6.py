@@ -66,6 +66,11 @@ HPARAMS = {
 #: (quick), which searches it with the lr and prescale; on the classifier 1, not searched
 ACP_ALPHA = {"autoencoder": 0.01715, "classifier": 1.0}
 
+#: the long profile's hyperparameters per task and legend label: the best trials of the
+#: equal-budget searches (``fig6_search``, ``fig6_3_fashion_search``, long profile; a test
+#: checks that they agree): prescale, learning rate and the method's own knobs
+TUNED: dict[str, dict[str, dict[str, float]]] = {"autoencoder": {}, "classifier": {}}
+
 #: ``(task, amortization) -> method spec``
 Method = Callable[[str, int], dict[str, Any]]
 
@@ -138,6 +143,20 @@ def methods_for(task: str, figure: dict[str, Method], amortization: int = AMORTI
     return {label: tuned(task, label, make(task, amortization)) for label, make in figure.items()}
 
 
+def long_methods(task: str, figure: dict[str, Method]) -> dict[str, dict[str, Any]] | None:
+    """The method specs of the long profile (:data:`TUNED`), or None while a method of the
+    figure has no equal-budget search result yet."""
+    if not all(label in TUNED[task] for label in figure):
+        return None
+    specs = {}
+    for label, make in figure.items():
+        spec, best = make(task, AMORTIZATION), dict(TUNED[task][label])
+        spec["prescale"] = best.pop("prescale")
+        spec["kwargs"].update(best)
+        specs[label] = spec
+    return specs
+
+
 def run(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
     """Train every method of ``config`` from the same initial weights; {label: train result}."""
     return run_methods(config, workdir, jobs)
@@ -158,7 +177,7 @@ def profiles(task: str, dataset: str, model: str, figure: dict[str, Method],
     whole sets) configurations; N = 100 outside smoke."""
     base = task_base(task, dataset, model)
     full_methods = methods_for(task, figure)
-    return {
+    configs = {
         "smoke": dict(base, updates=12, eval_subset=200, n_evals=3, amortization=SMOKE_AMORTIZATION,
                       methods=methods_for(task, figure, SMOKE_AMORTIZATION)),
         "quick": dict(base, updates=quick_updates, eval_subset=10_000, n_evals=12,
@@ -166,6 +185,12 @@ def profiles(task: str, dataset: str, model: str, figure: dict[str, Method],
         "full": dict(base, updates=300_000, eval_subset=None, n_evals=30,
                      amortization=AMORTIZATION, methods=full_methods),
     }
+    tuned_long = long_methods(task, figure)
+    if tuned_long is not None:
+        # about 30 log-spaced evaluations on the first 10,000 training and test examples
+        configs["long"] = dict(base, updates=LONG_UPDATES, eval_subset=10_000, n_evals=30,
+                               amortization=AMORTIZATION, methods=tuned_long)
+    return configs
 
 
 QUICK_AE, QUICK_CLS = 1000, 3000
