@@ -2,12 +2,16 @@
 whitening, robustness to singular covariances, and checkpointing."""
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
 
+from sokit import models, train
+from sokit.data import Dataset
+from sokit.optim import OPTIMIZERS
 from sokit.optim.nnn import NNN, WhitenedLinear, prong
 
 
@@ -48,7 +52,7 @@ def test_every_refresh_preserves_function():
     probe = torch.randn(50, 6, dtype=torch.float64) * 3 + 1
     for _ in range(7):
         before = model(probe).detach()
-        model(torch.randn(32, 6, dtype=torch.float64) + 0.5)   # inputs feeding the refresh
+        model(torch.randn(32, 6, dtype=torch.float64) + 0.5)   # the training input refresh() reuses
         mus_before = [layer.mu.clone() for layer in opt.layers]
         opt.refresh()
         assert_close(model(probe), before)
@@ -190,3 +194,239 @@ def test_float32_refresh_with_many_constant_inputs():
     layer.refresh(h, eps=1e-3)
     assert torch.isfinite(layer.U).all() and torch.isfinite(layer.V).all()
     assert_close(layer(probe), before, atol=1e-4, rtol=1e-4)
+
+
+# ---- the statistics: training passes only, current parameters ----------------------------
+
+def one_step(model, opt, x, y, between=None):
+    loss = ((model(x) - y) ** 2).sum(1).mean()
+    opt.zero_grad()
+    loss.backward()
+    if between is not None:
+        between()
+    opt.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "eval_mode"])
+def test_evaluation_forward_between_backward_and_step_changes_nothing(mode):
+    """The refresh on update 0 used the inputs of *any* last forward pass: an evaluation
+    between backward and step moved the parameters (by up to 7e2 in the issue)."""
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    other = torch.randn(40, 6, dtype=torch.float64) * 5 + 2
+    runs = []
+    for evaluate in (False, True):
+        model = mlp()
+        opt = NNN(model, lr=0.1, amortization=2, eps=1e-2)
+
+        def between(model=model):
+            if mode == "no_grad":
+                with torch.no_grad():
+                    model(other)
+            else:
+                model.eval()
+                model(other)          # gradients enabled but evaluation mode
+                model.train()
+        for _ in range(3):            # refreshes after updates 0 and 2
+            one_step(model, opt, x, y, between if evaluate else None)
+        runs.append([t.detach().clone() for t in (*model.parameters(), *model.buffers())])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def whitened_inputs(model, opt, x):
+    """Each layer's effective input ``U (h - mu)`` on ``x`` (collected under no_grad)."""
+    hs = []
+    hooks = [layer.register_forward_pre_hook(lambda m, a: hs.append(a[0])) for layer in opt.layers]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return [(h - layer.mu) @ layer.U for h, layer in zip(hs, opt.layers)]
+
+
+def test_right_after_a_refresh_the_batch_is_whitened():
+    """The statistics are those of the current parameters, not one update stale (the
+    issue measured a whitened mean of 0.94 right after a refresh)."""
+    model = mlp(sizes=(6, 5, 4, 3))
+    x = torch.randn(64, 6, dtype=torch.float64) * torch.tensor([1, 2, 3, .5, 1, 4.0]) + 1
+    y = torch.randn(64, 3, dtype=torch.float64)
+    opt = NNN(model, lr=0.02, amortization=3, eps=1e-10)  # cov(h_e) = C (C + eps)^-1 ~ I
+    for update in range(7):
+        one_step(model, opt, x, y)
+        if update % 3 == 0:       # this step refreshed after its SGD update
+            for he in whitened_inputs(model, opt, x):
+                n = he.shape[1]
+                assert_close(he.mean(0), torch.zeros(n, dtype=torch.float64), atol=1e-9, rtol=0)
+                assert_close(he.t() @ he / len(he), torch.eye(n, dtype=torch.float64),
+                             atol=1e-5, rtol=0)
+
+
+def test_degenerate_directions_are_centered_not_whitened():
+    """Constant features of the batch get gain 1 (not 1/sqrt(eps)); the others are whitened."""
+    torch.manual_seed(6)
+    layer = WhitenedLinear(nn.Linear(6, 2).double())
+    h = torch.randn(100, 6, dtype=torch.float64) * 3
+    h[:, 4:] = 0.7                                 # two constant features
+    probe = torch.randn(10, 6, dtype=torch.float64)
+    before = layer(probe).detach()
+    layer.refresh(h, eps=1e-9)
+    he = (h - layer.mu) @ layer.U
+    assert_close(he.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-10, rtol=0)
+    cov = he.t() @ he / 100
+    assert_close(cov[:4, :4], torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert_close(layer.U[4:, 4:], torch.eye(2, dtype=torch.float64), atol=1e-10, rtol=0)
+    assert_close(layer.U[4:, :4], torch.zeros(2, 4, dtype=torch.float64), atol=1e-10, rtol=0)
+    assert_close(layer(probe), before)            # still function preserving
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["constant", "zero", "single_example"])
+def test_degenerate_batches_do_not_blow_up(case, dtype):
+    """The old refresh gave zero-variance directions gain 1/sqrt(eps): on these batches the
+    loss went from ~3 to ~1e11 within 8 steps."""
+    torch.manual_seed(0)
+    model = models.mlp([20, 16, 8, 5], "tanh", "linear").to(dtype)
+    opt = NNN(model, lr=0.1, amortization=1, eps=1e-3)
+    g = torch.Generator().manual_seed(1)
+    v = torch.rand(1, 20, generator=g, dtype=dtype)
+    x = {"constant": v.expand(32, 20).clone(), "zero": torch.zeros(32, 20, dtype=dtype),
+         "single_example": v}[case]
+    y = torch.randn(1, 5, generator=g, dtype=dtype).expand(len(x), 5)
+    losses = sgd_steps(model, opt, x, y, 8)
+    assert all(math.isfinite(v) for v in losses)
+    assert max(losses) <= losses[0] and losses[-1] < losses[0]
+
+
+# ---- non-finite statistics: recorded as divergence, no exception ----------------------------
+
+def test_nan_statistics_leave_nan_and_do_not_raise():
+    layer = WhitenedLinear(nn.Linear(4, 2))
+    h = torch.randn(8, 4)
+    h[3, 1] = float("nan")
+    layer.refresh(h, eps=1e-3)                     # eigh used to raise "ill-conditioned"
+    assert torch.isnan(layer(torch.randn(5, 4))).all()
+
+
+def toy_data(n=256, d=8, seed=0, nan_at=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n + 64, d, generator=g)
+    if nan_at is not None:
+        x[nan_at] = float("nan")
+    y = torch.zeros(n + 64, dtype=torch.long)
+    return Dataset("toy", x[:n], y[:n], x[n:], y[n:])
+
+
+def toy_model(seed=0):
+    torch.manual_seed(seed)
+    return models.mlp([8, 6, 8], "sigmoid", "sigmoid", prescale=4.0)
+
+
+@pytest.mark.parametrize("source", ["data", "parameters"])
+def test_nan_statistics_are_recorded_as_divergence_by_train(source):
+    model = toy_model()
+    data = toy_data(nan_at=list(range(256)) if source == "data" else None)
+    opt = OPTIMIZERS["nnn"](model, lr=0.05, amortization=5, eps=1e-3)
+    if source == "parameters":
+        with torch.no_grad():
+            opt.layers[0].V[0, 0] = float("nan")
+    r = train.train(model, opt, data, "mse", 40, batch_size=16, progress=False, eval_every=10)
+    assert r["diverged"] and r["diverged_at"] == 1
+
+
+def test_inf_statistics_from_a_diverging_run_are_recorded():
+    """A learning rate far too large: the run must end as diverged, not with an exception."""
+    torch.manual_seed(0)
+    model = models.mlp([8, 6, 8], "tanh", "linear")
+    opt = NNN(model, lr=1e30, amortization=1, eps=1e-3)
+    r = train.train(model, opt, toy_data(), "mse", 40, batch_size=16, progress=False,
+                    eval_every=10)
+    assert r["diverged"]
+
+
+# ---- the torch.optim.Optimizer interface ----------------------------------------------------
+
+def test_is_a_torch_optimizer_over_v_and_d():
+    model = mlp()
+    opt = NNN(model, lr=0.05)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert [p for g in opt.param_groups for p in g["params"]] == list(model.parameters())
+    assert opt.param_groups[0]["lr"] == 0.05 == opt.lr
+
+
+def test_step_lr_scheduler_changes_the_step():
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    model = mlp()
+    opt = NNN(model, lr=0.1, amortization=1000, eps=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    for _ in range(2):
+        one_step(model, opt, x, y)
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = ((model(x) - y) ** 2).sum(1).mean()
+    opt.zero_grad()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()                                       # no refresh on this update
+    for p, b, g in zip(model.parameters(), before, grads):
+        assert_close(p.detach(), b - 0.01 * g)
+
+
+def test_step_with_closure_returns_its_loss():
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    model, twin = mlp(), mlp()
+    opt, opt_twin = NNN(model, lr=0.1, amortization=2), NNN(twin, lr=0.1, amortization=2)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).sum(1).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        want = one_step(twin, opt_twin, x, y)
+        got = opt.step(closure)
+        assert isinstance(got, torch.Tensor) and got.item() == want
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_loads_with_weights_only_and_resumes(tmp_path):
+    class Crash(Exception):
+        pass
+
+    class CrashAfter:
+        def __init__(self, opt, limit):
+            self.opt, self.limit, self.steps = opt, limit, 0
+
+        def zero_grad(self):
+            self.opt.zero_grad()
+
+        def step(self):
+            if self.steps == self.limit:
+                raise Crash
+            self.steps += 1
+            self.opt.step()
+
+        def state_dict(self):
+            return self.opt.state_dict()
+
+        def load_state_dict(self, state):
+            self.opt.load_state_dict(state)
+
+    kw = dict(batch_size=16, seed=0, eval_every=5, progress=False)
+    model = toy_model()
+    straight = train.train(model, NNN(model, lr=0.05, amortization=7), toy_data(), "mse", 40, **kw)
+    ckpt = tmp_path / "run.pt"
+    model = toy_model()
+    with pytest.raises(Crash):
+        train.train(model, CrashAfter(NNN(model, lr=0.05, amortization=7), 23), toy_data(), "mse",
+                    40, checkpoint=ckpt, **kw)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["optimizer"]["nnn"]["n_updates"] == 20
+    model = toy_model(seed=5)
+    resumed = train.train(model, NNN(model, lr=1.0, amortization=3, eps=0.5), toy_data(), "mse",
+                          40, checkpoint=ckpt, **kw)
+    for key in ("updates", "train_loss", "test_loss", "minibatch_loss", "diverged"):
+        assert resumed[key] == straight[key], key

@@ -15,13 +15,39 @@ same ``a`` for every input (the function is preserved):
 
     V' = V U U'^(-1),    d' = d + V U (mu' - mu).
 
-The inverse square root is taken with one symmetric eigendecomposition, damped by
-``eps`` so that singular covariances (constant pixels, dead units, a batch smaller
-than the layer's width) never produce infinities.
+Which statistics. The thesis says only that ``U`` and ``mu`` are "estimated using data
+from the training set"; Desjardins et al. estimate them from a forward pass with the
+*current* parameters. :class:`NNN` therefore records the model's input of the last
+*training* forward pass (gradients enabled and ``model.training``; evaluation passes,
+e.g. under ``torch.no_grad``, are ignored) and, on a refresh update, after the SGD step,
+runs that input once more through the model under ``no_grad`` to collect every layer's
+input under the updated parameters; right after a refresh the whitened inputs of that
+minibatch have mean 0 and identity covariance (on its non-degenerate directions).
+Refreshing a lower layer preserves the function, so the inputs of higher layers do not
+depend on the order in which the layers are refreshed.
+
+Degenerate directions. The inverse square root is taken with one symmetric
+eigendecomposition of the covariance ``C = sum_i lambda_i v_i v_i^T``. A direction with
+no variance in the minibatch beyond round-off, ``lambda_i <= n_in * u * (s + eps)``
+(``u`` the unit round-off of the layer's dtype, ``s`` the largest of ``lambda_max`` and
+the largest raw second moment ``E[h_j^2]``): constant pixels, dead units, a batch
+smaller than the layer's width, a constant, zero or single-example batch. Such a
+direction gets gain 1, i.e. it is centered but not whitened; every other direction gets
+the damped gain ``(lambda_i + eps)^(-1/2)`` (a small but genuine variance, 1e-4 next to
+1e2, is still whitened). Without that rule a direction
+absent from one minibatch got gain ``1/sqrt(eps)`` and exploded on the next minibatch
+that does vary along it.
+
+Non-finite statistics. If a layer's collected inputs are not finite (the parameters
+already hold NaN or inf, the run has diverged), the refresh does not call ``eigh`` (which
+raised "ill-conditioned" on NaN) and raises nothing: it fills that layer's ``U``, ``mu``,
+``V`` and ``d`` with NaN, so the next minibatch loss is NaN and
+:func:`sokit.train.train` records the run as diverged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,20 +73,30 @@ class WhitenedLinear(nn.Module):
         like = linear.weight.detach()
         self.register_buffer("U", torch.eye(n_in, dtype=like.dtype, device=like.device))
         self.register_buffer("mu", like.new_zeros(n_in))
-        self.last_input: Tensor | None = None
+        #: while not None, every forward appends its (detached) input here (NNN.refresh)
+        self.collect: list[Tensor] | None = None
 
     def forward(self, h: Tensor) -> Tensor:
-        self.last_input = h.detach()
+        if self.collect is not None:
+            self.collect.append(h.detach())
         return torch.addmm(self.d, (h - self.mu) @ self.U, self.V.t())
 
     @torch.no_grad()
     def refresh(self, h: Tensor, eps: float) -> None:
-        """Re-estimate ``mu``, ``U`` from inputs ``h`` (B, n_in), preserving the function."""
+        """Re-estimate ``mu``, ``U`` from inputs ``h`` (B, n_in), preserving the function.
+
+        Directions without variance get gain 1 (see the module docstring); non-finite
+        ``h`` fills ``U``, ``mu``, ``V`` and ``d`` with NaN instead of raising.
+        """
         if h.ndim != 2 or h.shape[1] != self.in_features:
             raise ValueError(f"refresh expects inputs of shape (batch, {self.in_features}), "
                              f"got {tuple(h.shape)}")
         dtype = self.U.dtype
         h = h.to(dtype)
+        if not bool(torch.isfinite(h).all()):
+            for t in (self.U, self.mu, self.V, self.d):
+                t.fill_(float("nan"))
+            return
         mu_new = h.mean(0)
         centered = h - mu_new
         cov = centered.t() @ centered / h.shape[0]
@@ -69,9 +105,13 @@ class WhitenedLinear(nn.Module):
             evals, evecs = torch.linalg.eigh(cov)
         except torch.linalg.LinAlgError:  # many (near-)repeated eigenvalues: redo in float64
             evals, evecs = torch.linalg.eigh(cov.double())
-        evals = evals.clamp_min(eps)
-        U_new = ((evecs * evals.rsqrt()) @ evecs.t()).to(dtype)
-        U_new_inv = ((evecs * evals.sqrt()) @ evecs.t()).to(dtype)
+        lam = (evals - eps).clamp_min(0.0)           # eigenvalues of the undamped covariance
+        scale = torch.maximum(lam.max(), (h * h).mean(0).max().to(lam.dtype))
+        tol = self.in_features * torch.finfo(dtype).eps * (scale + eps)  # round-off level
+        degenerate = lam <= tol
+        gain = torch.where(degenerate, torch.ones_like(lam), (lam + eps).rsqrt())
+        U_new = ((evecs * gain) @ evecs.t()).to(dtype)
+        U_new_inv = ((evecs / gain) @ evecs.t()).to(dtype)
         W = self.V @ self.U
         self.d.add_(W @ (mu_new - self.mu))
         self.V.copy_(W @ U_new_inv)
@@ -116,14 +156,30 @@ def prong(model: nn.Module) -> list[WhitenedLinear]:
     return layers
 
 
-class NNN:
-    """Natural Neural Networks (PRONG) as an optimizer-shaped object.
+def _record_training_input(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook: keep the model's input of a training pass (grad enabled, training mode)."""
+    if torch.is_grad_enabled() and module.training:
+        module.__dict__["_nnn_input"] = tuple(a.detach() if isinstance(a, Tensor) else a
+                                              for a in args)
+
+
+class NNN(torch.optim.Optimizer):
+    """Natural Neural Networks (PRONG) as a ``torch.optim.Optimizer`` over ``(V, d)``.
 
     ``NNN(model, lr, amortization=100, eps=...)`` rewrites ``model``'s linear layers
-    into PRONG form (see :func:`prong`; the function is unchanged), then every
-    :meth:`step` does one SGD step on ``(V, d)`` and, every ``amortization`` updates
-    (after updates 0, N, 2N, ...), re-estimates each layer's ``mu`` and ``U`` from the
-    inputs of the last forward pass, preserving the function.
+    into PRONG form (see :func:`prong`; the function is unchanged). Its parameters are
+    every layer's ``V`` and ``d`` (one param group with ``lr``, so learning-rate
+    schedulers work). Every :meth:`step` does one SGD step on ``(V, d)`` and, every
+    ``amortization`` updates (after updates 0, N, 2N, ...), re-estimates each layer's
+    ``mu`` and ``U``, preserving the function, from the layers' inputs on the model
+    input of the last training forward pass, recomputed with the updated parameters
+    (see the module docstring: evaluation passes never feed the statistics; degenerate
+    directions are not whitened; non-finite statistics leave NaN in the layer so that
+    the run is recorded as diverged, no exception).
+
+    ``state_dict()`` holds the param groups (``lr``) and, under ``"nnn"``,
+    ``n_updates``, ``amortization`` and ``eps`` (plain values); ``U`` and ``mu`` are
+    buffers of the model, in its ``state_dict``.
     """
 
     def __init__(self, model: nn.Module, lr: float, amortization: int = 100,
@@ -135,35 +191,68 @@ class NNN:
         if eps <= 0:
             raise ValueError(f"eps must be positive (it damps the covariance so that "
                              f"U = (C + eps I)^-1/2 exists), got {eps}")
-        self.model = model
-        self.layers = prong(model)
-        self.lr, self.amortization, self.eps = lr, amortization, eps
+        layers = prong(model)
+        super().__init__([p for layer in layers for p in (layer.V, layer.d)], {"lr": lr})
+        self.model, self.layers = model, layers
+        self.amortization, self.eps = int(amortization), float(eps)
         self.n_updates = 0
-        self.params = [p for layer in self.layers for p in (layer.V, layer.d)]
+        self.params = [p for group in self.param_groups for p in group["params"]]
+        model.__dict__.pop("_nnn_input", None)
+        self._hook = model.register_forward_pre_hook(_record_training_input)
 
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+    @property
+    def lr(self) -> float:
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = value
 
     @torch.no_grad()
-    def step(self) -> None:
-        params = [p for p in self.params if p.grad is not None]
-        torch._foreach_add_(params, [p.grad for p in params], alpha=-self.lr)
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
         if self.n_updates % self.amortization == 0:
             self.refresh()
         self.n_updates += 1
+        return loss
 
+    @torch.no_grad()
     def refresh(self) -> None:
-        """Re-estimate every layer's ``mu`` and ``U`` from its last forward input."""
+        """Re-estimate every layer's ``mu`` and ``U`` from its inputs on the last training
+        forward input, computed with the current parameters (one extra no_grad pass)."""
+        inputs = self.model.__dict__.get("_nnn_input")
+        if inputs is None:
+            raise RuntimeError("NNN.refresh needs a training forward pass through the model "
+                               "first (gradients enabled, model.train()).")
         for layer in self.layers:
-            if layer.last_input is None:
-                raise RuntimeError("NNN.refresh needs a forward pass through the model first.")
-            layer.refresh(layer.last_input, self.eps)
+            layer.collect = []
+        try:
+            self.model(*inputs)
+            collected = [layer.collect for layer in self.layers]
+        finally:
+            for layer in self.layers:
+                layer.collect = None
+        for layer, hs in zip(self.layers, collected):
+            if hs:  # a layer the forward pass did not use keeps its statistics
+                layer.refresh(torch.cat([h.reshape(-1, layer.in_features) for h in hs]), self.eps)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "amortization": self.amortization, "eps": self.eps,
-                "n_updates": self.n_updates}
+        state = super().state_dict()
+        state["nnn"] = {"n_updates": self.n_updates, "amortization": self.amortization,
+                        "eps": self.eps}
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lr, self.amortization = state["lr"], state["amortization"]
-        self.eps, self.n_updates = state["eps"], state["n_updates"]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("nnn")
+        super().load_state_dict(state_dict)
+        self.n_updates = int(extra["n_updates"])
+        self.amortization, self.eps = int(extra["amortization"]), float(extra["eps"])
