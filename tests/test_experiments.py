@@ -128,28 +128,6 @@ def test_results_dir_defaults_to_repository(monkeypatch):
     assert (experiments.results_dir().parent / "sokit" / "__init__.py").exists()
 
 
-def test_three_panel_draws_every_run():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from sokit.report import plots as plotting
-
-    run = {"updates": [1, 10, 100], "seconds": [0.1, 1.0, 10.0], "train_loss": [50.0, 20.0, 10.0],
-           "test_loss": [51.0, 22.0, 12.0], "diverged": False}
-    diverged = {**run, "diverged": True, "updates": [1, 10], "seconds": [0.1, 1.0],
-                "train_loss": [50.0, 80.0], "test_loss": [50.0, 90.0]}
-    fig = plotting.three_panel({"a": run, "b": {"results": diverged}}, "title")
-    axes = fig.axes
-    assert len(axes) == 3 and all(ax.get_xscale() == "log" == ax.get_yscale() for ax in axes)
-    assert list(axes[0].lines[0].get_xdata()) == [1, 10, 100]
-    assert list(axes[2].lines[0].get_ydata()) == [51.0, 22.0, 12.0]
-    assert len(axes[0].lines) == 3  # two curves and the divergence mark
-    with pytest.raises(ValueError, match="at least one run"):
-        plotting.three_panel({})
-    fig = plotting.with_thesis_figure("2nd", {"a": run})
-    assert len(fig.axes) == 4
-
-
 def test_resumable_experiment_gets_its_work_folder_and_jobs_then_it_is_removed(toy):
     exp, calls, root = toy
     seen = []
