@@ -12,13 +12,29 @@ the finished trials, and it is kept with probability
 p = (c_max - c_est) / (c_max - c_min), as in Algorithm 1. Sampling jointly keeps the
 interaction between hyperparameters (the tilted valley of Figure 2.2) in the model.
 Other parameters (categorical ones, or ones that appear only in some trials) are drawn
-uniformly and independently. Failed trials count as the worst cost.
+uniformly and independently.
+
+Failed trials: two kinds end in Optuna's ``FAIL`` state, and the sampler tells them apart.
+
+* A trial whose objective *reported* a failure (returned NaN or infinity: a diverged
+  run; or raised) was seen through to the end by a live worker: it says something about
+  the landscape, and counts as the worst cost, as in :mod:`sokit.search`. The sampler
+  marks it while the trial is still running (:meth:`BiasedRandomSampler.after_trial`
+  sets the system attribute :data:`REPORTED`).
+* A trial whose worker *crashed* (killed, out of memory, machine lost) never reports;
+  with the heartbeat on (:func:`heartbeat_storage`), Optuna fails it once its heartbeat
+  is older than the grace period. It says nothing about its hyperparameters, so the
+  sampler ignores it: a FAIL trial without the mark is not fitted.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
-from typing import Any, Sequence
+import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -30,9 +46,35 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sokit.search import CostModel, History, Integer, LogUniform, NearestNeighbour, Space, Trial, acceptance_probability
 
-__all__ = ["BiasedRandomSampler", "OptunaSearch"]
+__all__ = ["BiasedRandomSampler", "OptunaSearch", "heartbeat_storage", "REPORTED"]
 
 _NUMERIC = (FloatDistribution, IntDistribution)
+
+#: system attribute of a trial whose objective reported its failure (diverged or raised)
+REPORTED = "sokit:reported_failure"
+
+_log = logging.getLogger(__name__)
+
+
+def _note_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    _log.warning("trial %d of study %r failed: its worker stopped sending heartbeats (killed or lost); "
+                 "BiasedRandomSampler ignores it", trial.number, study.study_name)
+
+
+def heartbeat_storage(url: str, heartbeat_interval: int = 60, grace_period: int | None = None,
+                      **kwargs: Any) -> optuna.storages.RDBStorage:
+    """Optuna's relational storage at ``url`` (e.g. ``postgresql+psycopg2://...``) with the
+    heartbeat on: every running trial's worker records a heartbeat each ``heartbeat_interval``
+    seconds, and a trial without one for ``grace_period`` seconds (default twice the interval)
+    is failed by the next worker that starts a trial (a crash: :class:`BiasedRandomSampler`
+    ignores it). Use it with ``study.optimize`` (the heartbeat does not run under ask / tell)."""
+    callback = ("heartbeat_stale_trial_callback"
+                if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                else "failed_trial_callback")  # the name before Optuna 4.9
+    with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna: we rely on it knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                          **{callback: _note_stale}, **kwargs)
 
 
 def _to_unit(d: BaseDistribution, v: float) -> float:
@@ -88,9 +130,7 @@ class BiasedRandomSampler(BaseSampler):
         if not search_space:
             return {}
         names = list(search_space)
-        finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-                    if all(n in t.params for n in names)]
-        costs = self._costs(study, finished)
+        finished, costs = self.fitted(study, names)
         if not np.isfinite(costs).any():
             return {}  # no landscape yet: every parameter is drawn uniformly
         x_seen = np.array([[_to_unit(search_space[n], t.params[n]) for n in names] for t in finished])
@@ -111,6 +151,22 @@ class BiasedRandomSampler(BaseSampler):
         raise TypeError(f"BiasedRandomSampler cannot sample {type(param_distribution).__name__} "
                         f"for {param_name!r}; use Float, Int or Categorical distributions")
 
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        """Mark a trial whose objective reported a failure (a NaN or infinite cost, or an
+        exception) while it is still running, so that it is told apart from a crash."""
+        if state == TrialState.FAIL:
+            study._storage.set_trial_system_attr(trial._trial_id, REPORTED, True)
+
+    def fitted(self, study: optuna.Study, names: Sequence[str]) -> tuple[list[FrozenTrial], np.ndarray]:
+        """The trials the cost model is fitted to, and their costs (minimized): every
+        complete trial, and every failed one whose objective reported its failure (at the
+        worst cost); trials that crashed (failed by the heartbeat, never reported) are left out."""
+        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+                  if all(n in t.params for n in names)
+                  and (t.state == TrialState.COMPLETE or t.system_attrs.get(REPORTED))]
+        return trials, self._costs(study, trials)
+
     @staticmethod
     def _costs(study: optuna.Study, trials: Sequence[FrozenTrial]) -> np.ndarray:
         sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
@@ -124,7 +180,8 @@ class BiasedRandomSampler(BaseSampler):
 class OptunaSearch:
     """Any Optuna sampler (e.g. TPE) behind :mod:`sokit.search`'s ask / tell interface,
     so that it runs in :func:`sokit.search.run_lockstep` beside grid, random and biased
-    random search. Diverged or failed trials are told to Optuna as FAIL."""
+    random search. Diverged or failed trials are told to Optuna as FAIL (reported failures:
+    a :class:`BiasedRandomSampler` counts them as the worst cost)."""
 
     def __init__(self, space: Space, sampler: BaseSampler):
         self.space = space

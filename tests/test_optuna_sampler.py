@@ -56,7 +56,8 @@ def test_beats_random_sampler_on_a_quadratic():
     best = {"biased": [], "random": []}
     frac = {"biased": [], "random": []}
     for seed in range(15):
-        for name, sampler in (("biased", BiasedRandomSampler(seed=seed)), ("random", optuna.samplers.RandomSampler(seed=seed))):
+        samplers = (("biased", BiasedRandomSampler(seed=seed)), ("random", optuna.samplers.RandomSampler(seed=seed)))
+        for name, sampler in samplers:
             study = optuna.create_study(sampler=sampler)
             study.optimize(quadratic, n_trials=60)
             best[name].append(study.best_value)
@@ -97,3 +98,24 @@ def test_optuna_search_adapter_runs_tpe_in_lockstep():
     assert searchers[0].study.trials[3].state == optuna.trial.TrialState.FAIL
     assert all(1e-7 <= c["lr"] <= 1e2 and c["k"] in (1, 2, 3) for h in hs for c in h.configs())
     assert np.mean([h.best_cost() for h in hs]) < 2.0  # TPE finds the valley (minimum 1.0)
+
+
+def test_a_reported_failure_counts_as_the_worst_cost_and_a_crash_is_ignored():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from sokit.optuna_search import REPORTED
+
+    sampler = BiasedRandomSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: quadratic(t) * (math.nan if t.number == 0 else 1), n_trials=5)  # 0 diverged
+    dists = {"lr": FloatDistribution(1e-7, 1e2, log=True), "prescale": FloatDistribution(10, 20)}
+    # what a killed worker leaves once the heartbeat has failed it: FAIL, never reported
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 1e-2, "prescale": 15.0}, distributions=dists))
+    assert study.trials[0].state == study.trials[5].state == TrialState.FAIL
+    assert study.trials[0].system_attrs[REPORTED] is True and REPORTED not in study.trials[5].system_attrs
+    fitted, costs = sampler.fitted(study, ["lr", "prescale"])
+    assert [t.number for t in fitted] == [0, 1, 2, 3, 4]
+    assert costs[0] == costs.max() == max(t.value for t in study.trials[1:5])
+    study.optimize(quadratic, n_trials=3)  # sampling goes on around the crash
+    assert all(t.state == TrialState.COMPLETE for t in study.trials[6:])
