@@ -20,7 +20,10 @@ The contract
 it needs the layers: ``ACP(model, lr, ...)``. :data:`OPTIMIZERS` maps a name to such a
 factory ``(model, **kwargs)``; experiments, searches and the CLI build every optimizer
 through it (:func:`build`), so a new optimizer is a module of its own plus one line in
-that table.
+that table. :class:`CenteredGD`, :class:`ACP` and :class:`KFAC` are
+``torch.optim.Optimizer`` subclasses over the model's trainable parameters (``lr`` in
+``param_groups``, so ``torch.optim.lr_scheduler`` works; ``step(closure)``); the
+preconditioners serve any other optimizer (Adam, momentum SGD).
 
 *What a step sees.* :class:`LinearHooks` (:mod:`.hooks`) puts a forward hook on every
 ``nn.Linear`` ``a = W h + b``: it records the layer's input ``h`` and, through a tensor

@@ -14,6 +14,7 @@ weight decay) AFTER :meth:`precondition`, not before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -146,43 +147,75 @@ def clone_tensors(d: dict[int, Tensor]) -> dict[int, Tensor]:
     return {k: v.detach().clone() for k, v in d.items()}
 
 
-class PreconditionedSGD:
+class PreconditionedSGD(torch.optim.Optimizer):
     """``theta <- theta - lr * P(grad)``: a preconditioner followed by plain SGD.
 
-    Parameters outside the preconditioned ``nn.Linear`` layers (skipped layers) get
-    the plain SGD step. Same interface as a ``torch.optim`` optimizer (``step``,
-    ``zero_grad``, ``state_dict``, ``load_state_dict``), plus ``curvature_backward``
-    when the preconditioner needs an extra backward pass (KFAC).
+    A ``torch.optim.Optimizer`` over the model's trainable parameters (one parameter
+    group, ``defaults = {"lr": lr}``), so learning-rate schedulers
+    (``torch.optim.lr_scheduler``), ``param_groups``, ``zero_grad`` and
+    ``state_dict`` / ``load_state_dict`` work as for any torch optimizer; each step reads
+    its learning rate from ``param_groups``. Parameters outside the preconditioned
+    ``nn.Linear`` layers (skipped layers) get the plain SGD step. The method's own
+    object is :attr:`preconditioner`; KFAC's also adds ``curvature_backward`` and
+    ``loss`` (the loss it was built for).
+
+    ``step(closure)`` evaluates the closure (forward, ``zero_grad``, backward; for KFAC
+    also ``curvature_backward(output)`` before the backward) with gradients enabled,
+    then preconditions and steps, and returns the closure's loss.
+    ``state_dict()`` is torch's (``state``, ``param_groups``) plus ``"preconditioner"``,
+    the preconditioner's state (statistics, inverses, schedule, counters): tensors and
+    plain values only, so it loads with ``torch.load(weights_only=True)``.
     """
 
     def __init__(self, preconditioner: LayerPreconditioner, lr: float) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
+        params = [p for p in preconditioner.model.parameters() if p.requires_grad]
+        super().__init__(params, {"lr": lr})
         self.preconditioner = preconditioner
-        self.lr = lr
-        self.params = [p for p in preconditioner.model.parameters() if p.requires_grad]
         if hasattr(preconditioner, "curvature_backward"):
             self.curvature_backward = preconditioner.curvature_backward
         if hasattr(preconditioner, "loss"):
             self.loss = preconditioner.loss  # the loss it was built for (sokit.train checks it)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+    @property
+    def lr(self) -> float:
+        """The learning rate of the (first) parameter group."""
+        return self.param_groups[0]["lr"]
 
-    @torch.no_grad()
-    def step(self) -> None:
-        self.preconditioner.precondition()
-        for p in self.params:
-            if p.grad is not None:
-                p.add_(p.grad, alpha=-self.lr)
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps only defaults, state and param_groups; keep the preconditioner too
+        return {**self.__dict__}
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            self.preconditioner.precondition()
+            for group in self.param_groups:
+                lr = group["lr"]
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-lr)
+        return loss
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "preconditioner": self.preconditioner.state_dict()}
+        state = super().state_dict()
+        state["preconditioner"] = self.preconditioner.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lr = state["lr"]
-        self.preconditioner.load_state_dict(state["preconditioner"])
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        pre = state.pop("preconditioner")
+        if "param_groups" in state:
+            super().load_state_dict(state)
+        else:  # the form before PreconditionedSGD was a torch optimizer: {"lr", "preconditioner"}
+            self.lr = state["lr"]
+        self.preconditioner.load_state_dict(pre)

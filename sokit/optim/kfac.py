@@ -283,7 +283,23 @@ class KFAC(PreconditionedSGD):
     """KFAC with a learning rate: ``KFAC(model, lr, loss, curvature="fisher", ...)``.
 
     Takes ``theta <- theta - lr (A kron G + damping)^-1 grad`` (factored) with the
-    arguments of :class:`KFACPreconditioner`.
+    arguments of :class:`KFACPreconditioner`; a ``torch.optim.Optimizer`` (see
+    :class:`~sokit.optim.base.PreconditionedSGD`). ``loss`` has no default: it must name
+    the loss the model is trained with, since it decides the curvature.
+
+    ``loss="mse"`` is the thesis's squared error, :func:`sokit.losses.mse_sum`:
+    ``||f(x) - y||^2`` SUMMED over the ``n_out`` outputs and averaged over the examples;
+    the curvature KFAC estimates (``D = 2 I``) is that loss's. ``nn.MSELoss()``
+    (``reduction="mean"``) averages over the outputs too, so it is ``mse_sum / n_out``:
+    training with it gives the gradient ``1/n_out`` of sokit's while the curvature
+    (from :meth:`curvature_backward`'s probes) stays the same, hence the step of
+    ``KFAC(model, lr, "mse")`` on sokit's loss with the learning rate ``lr / n_out``,
+    damping included. Pass ``lr * n_out`` (or train with :func:`sokit.losses.mse_sum`)
+    to get the thesis's step; ``nn.MSELoss(reduction="sum")`` is ``B`` times sokit's
+    loss for a minibatch of ``B``.
+
+    With ``step(closure)``, the closure must call ``curvature_backward(output)``
+    between the forward pass and ``loss.backward()``, as the training step does.
     """
 
     def __init__(self, model: nn.Module, lr: float, loss: str,
