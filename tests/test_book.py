@@ -87,3 +87,76 @@ def test_execution_raises_on_error() -> None:
     execute = CONFIG["execute"]
     assert execute["allow_errors"] is False and execute["execute_notebooks"] in ("cache", "force")
 
+
+
+# ----------------------------------------------------------------- figures and titles
+#: a top-level statement that draws: pyplot, sokit.report.plots, or an image
+DRAWS = re.compile(r"^(?:\w+(?:, \w+)* = )?(?:plt\.(?:subplots|figure|show|imshow)\b|plots\.\w+\(|"
+                   r"(?:overlay|plot_fig\w+)\()", re.M)
+
+
+def drawing_cells(nb) -> list[int]:
+    """Indices of the code cells that draw a figure: a top-level drawing statement, or a
+    call of a helper defined on the page whose body draws (chapter 6's show())."""
+    code = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    helpers = set()
+    for _, source in code:
+        for name, body in re.findall(r"^def (\w+)\(.*?\n((?:[ \t]+.*\n?|\n)*)", source, re.M):
+            if re.search(r"plt\.show\(|plots?\.\w+\(|\boverlay\(", body):
+                helpers.add(name)
+    calls = re.compile(r"^(?:\w+ = )?(?:" + "|".join(sorted(helpers)) + r")\(", re.M) if helpers else None
+    return [i for i, source in code if DRAWS.search(source) or (calls and calls.search(source))]
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: p.name)
+def test_every_figure_cell_is_numbered_captioned_and_described(path: Path) -> None:
+    """scripts/check_rendered.py counts a page's figures from this metadata, so a cell that
+    draws without it would escape the check (and show an unnumbered figure)."""
+    nb = jupytext.read(path, fmt="md:myst")
+    for i in drawing_cells(nb):
+        meta = nb.cells[i].metadata.get("mystnb", {})
+        figure, image = meta.get("figure", {}), meta.get("image", {})
+        where = f"{path.name}, cell {i + 1}: {nb.cells[i].source.splitlines()[0]!r}"
+        assert figure.get("name", "").startswith("fig-"), f"{where} draws without mystnb.figure.name"
+        assert len(figure.get("caption", "")) > 40, f"{where}: a caption saying what is drawn"
+        assert len(image.get("alt", "")) > 40, f"{where}: alt text (mystnb.image.alt)"
+
+
+def test_figure_names_are_unique_and_numbered() -> None:
+    names = []
+    for path in sources():
+        nb = jupytext.read(path, fmt="md:myst")
+        names += [c.metadata["mystnb"]["figure"]["name"] for c in nb.cells
+                  if c.cell_type == "code" and "figure" in c.metadata.get("mystnb", {})]
+        names += re.findall(r"^:name: (fig-[\w-]+)", path.read_text(), re.M)
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert CONFIG["sphinx"]["config"]["numfig"] is True
+    assert "custom.css" in CONFIG["sphinx"]["config"]["html_css_files"]
+    assert (ROOT / "_assets" / "custom.css").is_file()
+
+
+def test_the_thesis_figures_chapters_draw_overlays() -> None:
+    for page, figures in {"05_updated_backprop": ["fig-5-1-ours"],
+                          "06_factorized_second_order": ["fig-6-1-ours", "fig-6-2-ours", "fig-6-3-fashion"]}.items():
+        text = (ROOT / "chapters" / f"{page}.md").read_text()
+        assert "overlay(" in text and all(f"name: {f}" in text for f in figures), page
+
+
+def test_chapter_titles_are_numbered_like_the_thesis() -> None:
+    """Chapter k of the thesis (thesis.tex's \\chapter order) is page chapters/0k_*, titled
+    "k. ..."; the book's own appendices are lettered."""
+    for name in toc_files():
+        path = ROOT / f"{name}.md"
+        title = next(line for line in path.read_text().splitlines() if line.startswith("# "))
+        stem = Path(name).name
+        if re.match(r"0\d_", stem):
+            assert title.startswith(f"# {int(stem[:2])}. "), (name, title)
+        elif stem.startswith("appendix_"):
+            assert title.startswith(f"# Appendix {stem.split('_')[1].upper()}: "), (name, title)
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: p.name)
+def test_the_colab_cell_is_hidden(path: Path) -> None:
+    nb = jupytext.read(path, fmt="md:myst")
+    colab = [c for c in nb.cells if c.cell_type == "code" and "google.colab" in c.source]
+    assert colab and all("remove-cell" in c.metadata.get("tags", []) for c in colab), path.name

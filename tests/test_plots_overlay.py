@@ -13,8 +13,9 @@ from sokit import thesis  # noqa: E402
 from sokit.report import plots  # noqa: E402
 
 #: the body text of the book is about 16 px; a figure's text must be at least ~14 px when the
-#: figure is shown at the content width (about 730 px)
-MIN_PX, CONTENT_PX = 14, 730
+#: figure is shown at the content width (676 px: the text column of sphinx-book-theme in a
+#: 1280 px window, measured in Chromium)
+MIN_PX, CONTENT_PX = 14, 676
 
 
 def run(labels_scale=1.0, classifier=False, diverged=False):
@@ -101,6 +102,9 @@ def test_fashion_stand_in_keeps_the_thesis_cifar_curves_in_their_own_labelled_pa
     assert [ax.get_ylabel() for ax in ours] == ["train cross-entropy", "train error rate", "test error rate"]
     assert len(lines(reference, "--")) == 3 and not lines(reference, "-")
     assert "CIFAR-10" in reference.get_title() and "another dataset" in reference.get_title()
+    legend = [t.get_text() for t in fig.axes[3].get_legend().get_texts()] if fig.axes[3].get_legend() else \
+        [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "dashed: thesis, CIFAR-10 (own panel)" in legend
     check_legible(fig)
     plt.close(fig)
     # a stored run older than the error rates: the test loss takes their place

@@ -57,7 +57,8 @@ class OverlaySpec:
     panels overlay. ``fallback``: panels that replace those whose ``y`` no run recorded
     (a stored run older than the error rates). ``reference``: a separate panel with the
     thesis's curves of ``reference_figure`` only, for an experiment on another dataset,
-    titled ``reference_title``. ``single``: the legend label of a record that holds one run.
+    titled ``reference_title`` (legend: ``reference_legend``). ``single``: the legend label
+    of a record that holds one run.
     """
 
     thesis: str | None
@@ -66,6 +67,7 @@ class OverlaySpec:
     reference: Panel | None = None
     reference_figure: str = ""
     reference_title: str = ""
+    reference_legend: str = ""
     single: str = ""
 
 
@@ -98,7 +100,8 @@ OVERLAYS: dict[str, OverlaySpec] = {
          Panel("updates", "test_error", "test error rate", log_y=False)),
         fallback=(Panel("updates", "test_loss", "test cross-entropy"),),
         reference=Panel("seconds", "train_loss", "train cross-entropy", "train cross-entropy vs time"),
-        reference_figure="fig6_3", reference_title="thesis, CIFAR-10:\nanother dataset"),
+        reference_figure="fig6_3", reference_title="thesis, CIFAR-10:\nanother dataset",
+        reference_legend="dashed: thesis, CIFAR-10 (own panel)"),
 }
 
 #: one colour per method, the same in every figure (tab10); other labels take the rest in turn
@@ -217,7 +220,7 @@ def overlay(record: Mapping[str, Any], figure: str | None = None,
                           label=f"solid: ours ({record.get('profile', '?')}, {updates:,} updates)"))
     if thesis_drawn:
         handles.append(Line2D([], [], color="black", lw=1.5, ls="--",
-                              label=f"dashed: thesis ({thesis_data.UPDATES:,} updates)"))
+                              label=spec.reference_legend or f"dashed: thesis ({thesis_data.UPDATES:,} updates)"))
     if cells == 3:
         axes[3].set_axis_off()
         axes[3].legend(handles=handles, loc="center", fontsize=FONT_PT, frameon=False)
