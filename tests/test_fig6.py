@@ -94,3 +94,23 @@ def test_hparams_are_the_best_trials_of_the_stored_search(task, name):
         if "alpha" in res["best"]:
             assert fig6.ACP_ALPHA[task] == pytest.approx(res["best"]["alpha"], rel=5e-3), label
         assert res["best_cost"] == min(t["cost"] for t in res["history"] if t["status"] == "ok")
+
+
+def test_a_run_two_figures_share_is_trained_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOKIT_RESULTS", str(tmp_path))
+    fig6_2 = load_or_run("fig6_2", "smoke")
+    trained = []
+    real = fig6.run_methods
+
+    def spy(config, workdir=None, jobs=1):
+        trained.extend(config["methods"])
+        return real(config, workdir, jobs)
+
+    monkeypatch.setattr(fig6, "run_methods", spy)
+    fig6_1 = load_or_run("fig6_1", "smoke")
+    assert trained == ["mean-only batch norm + SGD", "centered GD"]  # SGD and ACP come from fig6_2
+    for label in ("SGD", "ACP, fixed alpha"):
+        shared = fig6_1["results"][label]
+        assert shared["shared_from"] == "fig6_2/smoke"
+        assert shared["train_loss"] == fig6_2["results"][label]["train_loss"]
+    assert list(fig6_1["results"]) == list(get("fig6_1").configs["smoke"]["methods"])

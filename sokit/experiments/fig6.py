@@ -19,11 +19,13 @@ spec carries its own.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .experiment import Experiment
+from . import store
+from .experiment import PROFILES, Experiment
 from .methods import method
 from .runner import run_methods
 
@@ -157,9 +159,35 @@ def long_methods(task: str, figure: dict[str, Method]) -> dict[str, dict[str, An
     return specs
 
 
+#: the comparison figures, whose identical runs are shared (Fig 6.1 and 6.2 both have SGD
+#: and ACP with a fixed alpha on the autoencoder: the thesis ran them once)
+COMPARISONS = ("fig6_1", "fig6_2", "fig6_3", "fig6_3_fashion")
+
+
+def shared_runs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Results of this configuration's methods already stored by another comparison figure
+    with the same data, model, budget and method spec; each marked ``shared_from``."""
+    base = {k: v for k, v in config.items() if k != "methods"}
+    found: dict[str, dict[str, Any]] = {}
+    for name in COMPARISONS:
+        for profile in PROFILES:
+            record = store.load(name, profile)
+            if record is None or {k: v for k, v in record["config"].items() if k != "methods"} != base:
+                continue
+            for label, spec in config["methods"].items():
+                if label not in found and record["config"]["methods"].get(label) == spec:
+                    found[label] = dict(record["results"][label], shared_from=f"{name}/{profile}")
+    return found
+
+
 def run(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
-    """Train every method of ``config`` from the same initial weights; {label: train result}."""
-    return run_methods(config, workdir, jobs)
+    """Train every method of ``config`` from the same initial weights; {label: train result}.
+    A method another figure already ran with the same configuration is taken from there."""
+    config = json.loads(json.dumps(config))
+    shared = shared_runs(config)
+    todo = {label: spec for label, spec in config["methods"].items() if label not in shared}
+    trained = run_methods(dict(config, methods=todo), workdir, jobs) if todo else {}
+    return {label: shared[label] if label in shared else trained[label] for label in config["methods"]}
 
 
 def task_base(task: str, dataset: str, model: str) -> dict[str, Any]:
