@@ -71,7 +71,18 @@ ACP_ALPHA = {"autoencoder": 0.01715, "classifier": 1.0}
 #: the long profile's hyperparameters per task and legend label: the best trials of the
 #: equal-budget searches (``fig6_search``, ``fig6_3_fashion_search``, long profile; a test
 #: checks that they agree): prescale, learning rate and the method's own knobs
-TUNED: dict[str, dict[str, dict[str, float]]] = {"autoencoder": {}, "classifier": {}}
+TUNED: dict[str, dict[str, dict[str, float]]] = {
+    "autoencoder": {},
+    "classifier": {
+        "ACP, fixed alpha": {"lr": 0.01389, "prescale": 0.8801, "eps": 0.01987, "alpha": 1.565},
+        "ACP, heuristic alpha": {"lr": 0.02637, "prescale": 0.9596, "eps": 0.9514},
+        "Natural Neural Networks": {"lr": 0.001445, "prescale": 3.734, "eps": 0.008227},
+        "KFAC (Gauss-Newton)": {"lr": 0.005474, "prescale": 1.27, "damping": 0.004265},
+        "batch norm + SGD": {"lr": 0.04593, "prescale": 0.5594},
+        "SGD": {"lr": 0.04688, "prescale": 1.382},
+        "KFAC (natural gradient)": {"lr": 0.009721, "prescale": 1.551, "damping": 0.01166},
+    },
+}
 
 #: ``(task, amortization) -> method spec``
 Method = Callable[[str, int], dict[str, Any]]
