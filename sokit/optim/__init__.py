@@ -50,6 +50,22 @@ every N updates, Algorithm 4) or an :class:`AdaptiveAmortization` (refresh a lay
 when its input statistics drift). ``fused=True`` (ACP, KFAC) computes the direction
 inside each layer's backward instead of rewriting ``.grad`` afterwards.
 
+*Divergence.* A step never raises because the numbers went bad: non-finite or
+overflowing statistics (NaN or inf inputs, or finite float32 inputs near 1e20 whose
+second moments overflow) give NaN inverses and NaN directions, not exceptions, so the
+loss turns non-finite and :func:`sokit.train.train` records the run as diverged at that
+update, keeping its curves up to it. The refreshes never raise from the linear algebra
+(an ``eigh`` that fails in float32 is redone in float64; one that fails in float64 too
+gives NaN), KFAC's Fisher samples no class for NaN logits (their probes are NaN), and
+the dampings are validated once, as the user's arguments at construction, not as the
+values computed from the statistics at each refresh. Inputs are not checked (that would
+cost a host synchronisation per step), so non-finite input is recorded as divergence:
+NaN or inf input makes its own update's loss non-finite; finite input whose statistics
+overflow makes the next update's loss non-finite when it falls on a refresh (between
+refreshes it gets the previous inverses and a step as large as its gradient, as with
+SGD). In a loop of your own, check ``torch.isfinite(loss)``
+(``tests/test_divergence.py``).
+
 *State.* ``state_dict()`` / ``load_state_dict()`` hold tensors and plain values only,
 so checkpoints load with ``torch.load(weights_only=True)``.
 """

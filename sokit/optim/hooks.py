@@ -23,9 +23,9 @@ which is what the alpha heuristic of ACP and the KFAC factor ``G`` need.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn

@@ -166,7 +166,10 @@ class KFACPreconditioner(LayerPreconditioner):
             if self.curvature == "gauss_newton":
                 return []
             p = torch.softmax(f, dim=1)
-            y = torch.multinomial(p, 1, generator=gen).squeeze(1)
+            # non-finite logits (a diverged run): sample those rows from a uniform
+            # placeholder; their probe p - e_y stays NaN, so is the factor G, so is the step
+            ok = torch.isfinite(p).all(1, keepdim=True)
+            y = torch.multinomial(torch.where(ok, p, 1.0), 1, generator=gen).squeeze(1)
             return [p - nn.functional.one_hot(y, p.shape[1]).to(p.dtype)]
         if self.curvature == "gauss_newton" and self.gn_probes == "exact":
             eye = math.sqrt(2.0) * torch.eye(f.shape[1], dtype=f.dtype, device=f.device)
