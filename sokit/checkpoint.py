@@ -9,6 +9,7 @@ raises :class:`CheckpointError` naming the file and the fix.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,14 @@ def load(path: Path, device: torch.device, run: dict[str, Any]) -> dict[str, Any
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            why = ("it holds Python objects other than tensors and plain values; "
+                   "they were not unpickled, nothing in it ran")
+        else:
+            why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
         raise CheckpointError(
-            f"checkpoint {path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "delete it to start this run afresh (or rerun the experiment with --rerun)") from e
+            f"checkpoint {path} cannot be read safely ({why}); delete it to start this run afresh "
+            "(or rerun the experiment with --rerun)") from e
     if not isinstance(state, dict) or "run" not in state:
         raise CheckpointError(f"{path} is not a sokit checkpoint; delete it or pass another checkpoint path")
     if state["run"] != run:

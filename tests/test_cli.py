@@ -8,7 +8,6 @@ import sys
 from sokit import experiments
 
 
-
 def sokit(*args, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "sokit", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
@@ -58,3 +57,23 @@ def test_cli_errors_name_the_problem():
     assert p.returncode == 2 and "known experiments" in p.stderr
     p = sokit("train", "--model", "cifar_mlp", "--dataset", "mnist", "--updates", "1", "--device", "cpu")
     assert p.returncode != 0 and "takes 3072 inputs" in p.stderr
+
+
+def test_every_flag_has_help_text():
+    import argparse
+
+    from sokit.__main__ import parser
+
+    def walk(p, path):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield path, action
+
+    seen = list(walk(parser(), "sokit"))
+    assert {path for path, _ in seen} >= {"sokit train", "sokit run", "sokit data fetch", "sokit list"}
+    missing = [(path, action.dest) for path, action in seen if not action.help]
+    assert missing == []
+    assert "--rerun" in sokit("run", "--help").stdout and "clears the checkpoints" in sokit("run", "--help").stdout

@@ -67,7 +67,7 @@ def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path):
     finally:
         CRASH.clear()
     assert (work / f"{runner.slug('slow')}.json").exists()  # finished: not trained again
-    saved = torch.load(work / f"{runner.slug('fast')}.pt", weights_only=False)
+    saved = torch.load(work / f"{runner.slug('fast')}.pt", weights_only=True)
     assert 0 < saved["step"] <= 30
     resumed = runner.run_methods(cfg, work, build=build)
     for label in straight:
@@ -92,3 +92,38 @@ def test_slugs_are_file_names_and_keep_labels_apart():
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         runner.run_methods(config(), build=build, jobs=0)
     json.dumps(config())  # configs stay JSON
+
+
+def test_each_method_has_a_progress_bar_labelled_with_its_legend_label(capfd, monkeypatch):
+    monkeypatch.setenv("SOKIT_PROGRESS", "1")
+    runner.run_methods(config(), build=build)
+    err = capfd.readouterr().err
+    assert "slow (1/2): 100%" in err and "fast (2/2): 100%" in err
+    monkeypatch.setenv("SOKIT_PROGRESS", "0")
+    runner.run_methods(config(), build=build)
+    assert "slow" not in capfd.readouterr().err
+    monkeypatch.delenv("SOKIT_PROGRESS")
+    assert runner.show_progress() is False  # pytest's stderr is no terminal
+
+
+def test_the_progress_bar_counts_evaluation_time_so_its_estimate_is_the_time_left():
+    from sokit.evaluation import eval_schedule
+    from sokit.train import Progress
+
+    updates, per_update, per_eval = 10_000, 1e-3, 0.5  # early evaluations dominate the first minutes
+    schedule = eval_schedule(updates, 20, "log")
+    bar = Progress(updates, 0, len(schedule), 0, eval_examples=20_000, batch_size=200, desc="ETA test")
+    total = updates * per_update + len(schedule) * per_eval
+    elapsed = 0.0
+    for step in range(1, updates + 1):
+        bar.update()
+        elapsed += per_update
+        if step in schedule:
+            elapsed += per_eval
+            bar.evaluated(per_eval, per_update, train=1.0, test=1.0)
+            # the fraction shown is the fraction of the time spent (exactly, with steady costs)
+            assert abs(bar.bar.n / bar.bar.total - elapsed / total) < 1e-9
+            if step == schedule[0]:
+                assert bar.bar.n / bar.bar.total > 10 * step / updates  # counting updates: far too little
+    bar.close()
+    assert bar.bar.n == bar.bar.total

@@ -1,5 +1,5 @@
 """What produced a stored result: commit (and whether the tree was dirty), versions,
-device, start time, wall-clock."""
+device, start time, wall-clock and CPU seconds (summed over the invocations of a resumed run)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import datetime
 import platform
 import resource
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,19 +14,28 @@ import torch
 import sokit
 from sokit.device import device_name
 
-_PACKAGE = Path(sokit.__file__).resolve().parent
+from . import store
+
+#: the commit recorded by an installed copy of sokit (not run from a checkout)
+INSTALLED = "unknown (installed package)"
 
 
 def _git(*args: str) -> str | None:
+    root = store.repository_root()
+    if root is None:  # an installed copy: a git repository around site-packages is not sokit's
+        return None
     try:
-        out = subprocess.run(["git", *args], cwd=_PACKAGE, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit, or "unknown" outside a git checkout."""
+    """The checkout's HEAD commit; "unknown" in a checkout without git; for an installed
+    package :data:`INSTALLED` (the record's ``sokit_version`` then names the release)."""
+    if store.repository_root() is None:
+        return INSTALLED
     return _git("rev-parse", "HEAD") or "unknown"
 
 
