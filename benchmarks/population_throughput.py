@@ -19,11 +19,11 @@ import argparse
 import datetime
 import json
 import os
-import re
 import time
 from pathlib import Path
 
 import torch
+from common import hardware, result_file
 
 from sokit import data, experiments, losses, models
 from sokit.device import default_device, device_name
@@ -107,18 +107,17 @@ def main() -> None:
     name = device_name(device)
     rows = {"one at a time (eager)": s_one, f"population of {P} ({'CUDA graph' if graph else 'eager'})": s_pop}
     print(f"SGD on the autoencoder, batch {args.batch}, fp32; {P} models, {steps} timed steps each")
-    print(f"hardware: {name} ({device.type}, {torch.get_num_threads()} CPU threads), torch {torch.__version__}; "
-          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; fastest of {args.repeats}")
+    print(f"{hardware(device)} (before: {load_before[0]:.1f}); fastest of {args.repeats}")
     print(f"{'mode':<34}{'ms/model-step':>14}{'model-steps/s':>15}{'speedup':>9}")
     for mode, s in rows.items():
         print(f"{mode:<34}{1e3 * s:>14.3f}{1 / s:>15.1f}{s_one / s:>8.2f}x")
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{device.type} {name}".lower()).strip("-")
-    out = Path(__file__).resolve().parent / f"population_throughput_{slug}.json"
+    out = result_file("population_throughput", device)
     out.write_text(json.dumps({
         "benchmark": "population vs one-at-a-time SGD, autoencoder, fp32", "population": P, "batch": args.batch,
         "timed_steps": steps, "repeats": args.repeats,
         "all_ms_per_model_step": {"population": [1e3 * s for s in pops], "one at a time": [1e3 * s for s in ones]},
-        "load_average_1min": [load_before[0], load_after[0]], "ms_per_model_step": {m: 1e3 * s for m, s in rows.items()},
+        "load_average_1min": [load_before[0], load_after[0]],
+        "ms_per_model_step": {m: 1e3 * s for m, s in rows.items()},
         "model_steps_per_s": {m: 1 / s for m, s in rows.items()}, "speedup": s_one / s_pop, "cuda_graph": graph,
         "device": name, "device_type": device.type, "cpu_threads": torch.get_num_threads(),
         "torch_version": torch.__version__, "commit": experiments.git_commit(), "started": started,

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import time
 import json
 import os
-import re
-from pathlib import Path
+import time
 
 import torch
+from common import hardware, result_file
 
 from sokit import data, experiments, models, train
-from sokit.device import default_device, device_name
+from sokit.device import default_device
 
 
 def ms_per_step(dataset: data.Dataset, updates: int, graph: bool, device: torch.device) -> float:
@@ -48,16 +47,13 @@ def main() -> None:
     modes = ["eager"] + (["cuda graph"] if device.type == "cuda" else [])
     ms_per_step(dataset, 10, False, device)  # warm-up (allocator, cuBLAS handles, caches)
     timings = {mode: ms_per_step(dataset, updates, mode == "cuda graph", device) for mode in modes}
-    name = device_name(device)
     print("SGD step of the autoencoder 784-1000-500-250-30-250-500-1000-784, batch 200, fp32")
-    print(f"hardware: {name} ({device.type}, {torch.get_num_threads()} CPU threads), "
-          f"torch {torch.__version__}, {updates} updates per timing, "
-          f"load average {os.getloadavg()[0]:.1f} (other processes share this machine when it is above 0)")
+    print(f"{hardware(device)} (other processes share this machine when it is above 0); "
+          f"{updates} updates per timing")
     print(f"{'mode':<12}{'ms/step':>10}{'vs eager':>10}")
     for mode, ms in timings.items():
         print(f"{mode:<12}{ms:>10.3f}{timings['eager'] / ms:>9.2f}x")
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{device.type} {name}".lower()).strip("-")
-    out = Path(__file__).resolve().parent / f"step_time_{slug}.json"
+    out = result_file("step_time", device)
     out.write_text(json.dumps({
         "benchmark": "sgd step, autoencoder, batch 200, fp32", "updates": updates,
         "ms_per_step": timings, "speedup": {m: timings["eager"] / t for m, t in timings.items()},

@@ -23,3 +23,13 @@ def sokit_environment_unchanged():
     yield
     after = {k: v for k, v in os.environ.items() if k.startswith("SOKIT_")}
     assert after == before, f"the test changed the environment: {before} -> {after}"
+
+
+@pytest.fixture
+def one_thread():
+    """One CPU thread for tests of tiny models: OpenMP synchronisation dominates them on a
+    shared CPU (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

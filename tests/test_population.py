@@ -5,26 +5,20 @@ import pytest
 import torch
 from torch import nn
 
-from sokit.models import autoencoder, mlp
-from sokit.population import Population, population_loss, train_population
 from sokit.graphs import CapturedStep
 from sokit.losses import cross_entropy, mse_sum
+from sokit.models import autoencoder, mlp
+from sokit.population import Population, population_loss, train_population
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids OpenMP synchronisation on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(n, B, n_in, n_out, seed, labels=False):
     g = torch.Generator().manual_seed(seed)
     for _ in range(n):
         x = torch.randn(B, n_in, generator=g, dtype=torch.float64)
-        y = torch.randint(0, n_out, (B,), generator=g) if labels else torch.rand(B, n_out, generator=g, dtype=torch.float64)
+        y = (torch.randint(0, n_out, (B,), generator=g) if labels
+             else torch.rand(B, n_out, generator=g, dtype=torch.float64))
         yield x, y
 
 

@@ -5,19 +5,21 @@ import math
 import numpy as np
 import pytest
 
-from sokit.search import (BiasedRandomSearch, GridSearch, Integer, LogUniform, NearestNeighbour, RandomSearch,
-                          Space, Uniform, acceptance_probability, run_lockstep, run_search)
+from sokit.search import (
+    BiasedRandomSearch,
+    GridSearch,
+    Integer,
+    LogUniform,
+    NearestNeighbour,
+    RandomSearch,
+    Space,
+    Uniform,
+    acceptance_probability,
+    run_lockstep,
+    run_search,
+)
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one thread avoids OpenMP synchronisation on a shared CPU."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SPACE = Space({"lr": LogUniform(1e-7, 1e2), "prescale": Uniform(10, 20)})
@@ -156,19 +158,20 @@ def test_registered_experiments_follow_the_thesis():
 
 def test_table4_1_runs_end_to_end_on_a_stand_in_dataset(monkeypatch):
     import torch
+
     from sokit import data
     from sokit.experiments import searches as reg
     from sokit.report import plots, tables
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 784, generator=g)
-    monkeypatch.setattr(data, "load", lambda name, device="cpu": data.Dataset(name, x, torch.zeros(64, dtype=torch.long),
-                                                                              x[:8], torch.zeros(8, dtype=torch.long)))
+    labels = torch.zeros(64, dtype=torch.long)
+    monkeypatch.setattr(data, "load", lambda name, device="cpu": data.Dataset(name, x, labels, x[:8], labels[:8]))
     cfg = {**reg.TABLE4_1.configs["smoke"], "n_train": 64, "n_eval": 16, "batch": 8, "iterations": 2,
            "searches": 2, "experiments": 4}
     res = reg.run_table4_1(cfg)
     assert set(res["methods"]) == {"grid", "random", "biased_random", "tpe"}
     assert res["model_steps"] == 4 * 2 * 4 * 2 and res["population_size"] == 8
-    for m, s in res["methods"].items():
+    for s in res["methods"].values():
         assert len(s["best"]) == 2 and all(0 < b < 784 for b in s["best"])
         np.testing.assert_allclose(s["mean"], np.mean(s["best"]))
     rows = tables.table4_1_rows({"results": res})
