@@ -74,6 +74,4 @@ def test_the_long_profile_uses_the_best_trials_of_the_stored_equal_budget_search
     assert is_current(name, "long"), f"fig6.TUNED[{task!r}] needs a current stored {name} (long)"
     for label, best in fig6.TUNED[task].items():
         stored = record["results"][label]["best"]
-        assert set(best) == set(stored), label
-        for key, value in best.items():
-            assert value == pytest.approx(stored[key], rel=5e-3), (label, key)
+        assert best == stored, label  # exactly: the best trials can sit on the edge of stability
