@@ -13,6 +13,8 @@ Every searcher has the same ask / tell interface, so searches can run one trial 
 time (:func:`run_search`) or many searches in lockstep, one population per round
 (:func:`run_lockstep`), which is how :mod:`sokit.population` trains them. Failed or
 diverged trials are recorded and count as the worst cost; they never stop a search.
+(In a shared Optuna study, :mod:`sokit.optuna_search` also meets trials whose worker
+crashed, which never report: its sampler ignores those.)
 """
 
 from __future__ import annotations

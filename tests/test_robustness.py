@@ -333,3 +333,16 @@ def test_the_thesis_figures_ship_with_the_package(monkeypatch, tmp_path):
     shipped = {p for pattern in patterns for p in (REPO / "sokit").glob(pattern)}
     assert set(plots.THESIS_FIGURES.glob("*.png")) <= shipped
     assert set((REPO / "sokit" / "thesis_curves").glob("*.csv")) <= shipped
+
+
+# ------------------------------------------------------------- 8. one set-up command
+def test_the_readme_commands_and_ci_share_one_fast_idempotent_setup():
+    readme = (REPO / "README.md").read_text()
+    assert "bash scripts/setup.sh && bash scripts/build_book.sh" in readme
+    assert "bash scripts/setup.sh && python -m pytest --nbval-lax" in readme
+    assert "bash scripts/setup.sh" in (REPO / ".ci" / "run").read_text()
+    start = time.monotonic()  # everything is present where the tests run: nothing to install
+    p = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "SOKIT_SETUP_APT": "0", "PIP_NO_INDEX": "1", "PYTHON": sys.executable})
+    assert p.returncode == 0 and "setup: ready" in p.stdout, p.stderr
+    assert "installing" not in p.stdout and time.monotonic() - start < 30
