@@ -28,8 +28,9 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -39,8 +40,8 @@ from sokit.device import device_name
 from sokit.experiments import git_commit
 from sokit.experiments.fig6 import EPS, FIG6_1, FIG6_2, HPARAMS, methods_for
 from sokit.experiments.methods import build_model
-from sokit.optim import build as build_optimizer
 from sokit.graphs import CapturedStep
+from sokit.optim import build as build_optimizer
 from sokit.train import can_capture
 
 HERE = Path(__file__).resolve().parent

@@ -23,11 +23,12 @@ the GN of ``0.5 ||f - y||^2``, i.e. of ``-log N(y; f, I)`` up to a constant.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, hessian as _func_hessian, jacrev, vmap
+from torch.func import functional_call, jacrev, vmap
+from torch.func import hessian as _func_hessian
 
 __all__ = [
     "flat_params",

@@ -28,9 +28,9 @@ import subprocess
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -81,11 +81,11 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
 
-    def to(self, device: str | torch.device) -> "Dataset":
+    def to(self, device: str | torch.device) -> Dataset:
         """The same dataset with every tensor on ``device``."""
         return Dataset(self.name, *(t.to(device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)))
 
-    def subset(self, n_train: int, n_test: int) -> "Dataset":
+    def subset(self, n_train: int, n_test: int) -> Dataset:
         """The first ``n_train`` training and ``n_test`` test examples."""
         return Dataset(self.name, self.train_x[:n_train], self.train_y[:n_train],
                        self.test_x[:n_test], self.test_y[:n_test])

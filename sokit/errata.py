@@ -13,8 +13,8 @@ Use :func:`registry` for the list, :func:`run_all` to check them and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import sympy as sp
 import torch
@@ -196,7 +196,8 @@ def _quadratic_gn_fisher() -> str:
 @_erratum(
     "kl-half",
     "Section 3.2.1",
-    r"$\mathrm{KL}(p_\theta \,\Vert\, p_{\theta+\Delta\theta}) = \Delta\theta^T F \Delta\theta + o(\Vert \Delta\theta\Vert ^2)$ "
+    r"$\mathrm{KL}(p_\theta \,\Vert\, p_{\theta+\Delta\theta}) = "
+    r"\Delta\theta^T F \Delta\theta + o(\Vert \Delta\theta\Vert ^2)$ "
     "(and the same for the swapped KL)",
     r"$\mathrm{KL} = \frac{1}{2}\Delta\theta^T F \Delta\theta + o(\Vert \Delta\theta\Vert ^2)$, both directions",
 )

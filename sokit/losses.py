@@ -7,7 +7,7 @@ are in the units of the thesis's figures.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,7 @@ normalisation subtracts it and adds its own learnable bias.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -69,7 +69,8 @@ class Population:
     ):
         if not (len(weights) == len(biases) == len(activations)) or not weights:
             raise ValueError(
-                f"need one weight, bias and activation per layer; got {len(weights)}, {len(biases)}, {len(activations)}")
+                f"need one weight, bias and activation per layer; got {len(weights)}, {len(biases)}, "
+                f"{len(activations)}")
         for a in activations:
             if a not in ACTIVATIONS:
                 raise ValueError(f"unknown activation {a!r}; choose one of {sorted(ACTIVATIONS)}")
@@ -104,7 +105,7 @@ class Population:
         loss: str = "mse",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> "Population":
+    ) -> Population:
         """Fresh members: weights ~ N(0, prescale_i / n_in), biases 0 (section 2.4.2),
         member i drawn from its own generator seeded with ``seeds[i]``."""
         prescale = torch.as_tensor(prescale, dtype=torch.float64).reshape(-1)
@@ -124,7 +125,7 @@ class Population:
         return cls(weights, biases, activations, torch.as_tensor(lr, dtype=dtype, device=device), loss)
 
     @classmethod
-    def from_models(cls, models: Sequence[nn.Sequential], lr: Sequence[float], loss: str = "mse") -> "Population":
+    def from_models(cls, models: Sequence[nn.Sequential], lr: Sequence[float], loss: str = "mse") -> Population:
         """Stack plain ``nn.Sequential`` MLPs (Linear layers with biases, each followed by
         at most one Sigmoid / ReLU / Tanh), e.g. from :func:`sokit.models.mlp`."""
         structures = [_structure(m) for m in models]
@@ -246,7 +247,7 @@ def train_population(
         if use_graph:
             if step is None:
                 sx, sy = torch.empty_like(x), torch.empty_like(y)
-                step = CapturedStep(lambda: pop.step(sx, sy), device)
+                step = CapturedStep(lambda sx=sx, sy=sy: pop.step(sx, sy), device)
             sx.copy_(x)
             sy.copy_(y)
             history.append(step().clone())

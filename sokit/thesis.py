@@ -95,7 +95,7 @@ class Curve:
         return float(self.y[-1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rows(figure: str) -> tuple[tuple[str, ...], ...]:
     path = CURVES / f"{figure}.csv"
     if not path.exists():

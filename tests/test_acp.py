@@ -3,12 +3,13 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from sokit import curvature as cv
 from sokit.optim import ACP, ACPPreconditioner
 from sokit.optim.acp import acp_direction, covariance
-
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -221,7 +222,6 @@ def test_acp_through_the_train_loop():
     assert opt.preconditioner.schedule.refreshes[0] == 8
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from sokit.optim.linalg import damped_inverses  # noqa: E402
 

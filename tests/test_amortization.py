@@ -60,7 +60,7 @@ def test_adaptive_schedule_in_acp_saves_refreshes_of_stationary_layer():
     model = nn.Sequential(nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 16))
     sched = AdaptiveAmortization(tol=0.05, check_every=5)
     opt = ACP(model, lr=0.01, eps=0.1, amortization=sched)
-    for t, h in stream(60):
+    for _t, h in stream(60):
         opt.zero_grad()
         ((model(h) - h) ** 2).sum(1).mean().backward()
         opt.step()

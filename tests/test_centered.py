@@ -6,7 +6,6 @@ from torch import nn
 
 from sokit.optim import CenteredGD, CenteredPreconditioner
 
-
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 

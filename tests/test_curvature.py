@@ -6,8 +6,6 @@ from torch import nn
 
 from sokit import curvature as cv
 
-
-
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 

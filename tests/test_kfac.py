@@ -8,7 +8,6 @@ from sokit import curvature as cv
 from sokit.optim import KFAC, KFACPreconditioner
 from sokit.optim.kfac import factor_dampings, kfac_direction
 
-
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
@@ -75,7 +74,7 @@ def test_factored_inverse_equals_dense_kronecker_inverse(split):
     pre = KFACPreconditioner(m, loss="mse", curvature="gauss_newton", gn_probes="exact",
                              damping=0.03, damping_split=split, amortization=1)
     grad, step = kfac_step(m, pre, x, y)
-    for i, layer in enumerate((m[0], m[2])):
+    for layer in (m[0], m[2]):
         A = torch.cat([cv.layer_inputs(m, layer, x), torch.ones(6, 1)], dim=1)
         A = A.T @ A / 6
         G = exact_g_factor(m, layer, x, 2 * torch.eye(3).expand(6, 3, 3))
@@ -177,7 +176,7 @@ def test_curvature_backward_leaves_grad_untouched_and_is_required():
 def test_amortized_updates_skip_the_curvature_pass():
     m = net(7)
     opt = KFAC(m, loss="mse", lr=0.1, amortization=3, damping=0.1)
-    for t in range(4):
+    for _ in range(4):
         x = torch.randn(5, 4)
         out = m(x)
         opt.curvature_backward(out)

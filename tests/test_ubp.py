@@ -12,8 +12,6 @@ from torch.func import hessian as func_hessian
 from sokit import curvature, losses
 from sokit.optim.ubp import UBP, blocks, carried_jacobians, preactivation_hvp, ubp_sweep
 
-
-
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 

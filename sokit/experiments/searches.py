@@ -33,8 +33,16 @@ from sokit import models
 from sokit.device import default_device
 from sokit.optuna_search import OptunaSearch
 from sokit.population import Population, architecture, train_population
-from sokit.search import (BiasedRandomSearch, GridSearch, LogUniform, NearestNeighbour, RandomSearch, Space, Uniform,
-                          run_lockstep)
+from sokit.search import (
+    BiasedRandomSearch,
+    GridSearch,
+    LogUniform,
+    NearestNeighbour,
+    RandomSearch,
+    Space,
+    Uniform,
+    run_lockstep,
+)
 
 from .experiment import Experiment
 

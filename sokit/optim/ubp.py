@@ -34,8 +34,9 @@ Cost of one update (B examples, m outputs, layer widths n_0 .. n_L):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -8,8 +8,9 @@ summary cannot drift from the chapters.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sokit import experiments, thesis
 from sokit.experiments.searches import METHOD_LABELS
