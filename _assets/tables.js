@@ -1,6 +1,6 @@
-// Tables wider than the text column (the errata, the intro's summary) are shown one row
-// per block, each cell under its column's name, instead of scrolling their last columns
-// out of sight. Run once the math is typeset (formulas set the tables' widths), and again
+// Tables wider than the text column and taller than the window (the errata, the intro's
+// summary) are shown one row per block, each cell under its column's name, instead of
+// scrolling their last columns out of sight (a short wide table scrolls, its bar in view). Run once the math is typeset (formulas set the tables' widths), and again
 // when the window is resized. Styles: custom.css (.sokit-stacked).
 (function () {
   function stack() {
@@ -11,7 +11,8 @@
       if (!heads.length) return;
       table.classList.remove("sokit-stacked");
       var room = (table.parentElement || table).clientWidth;
-      if (table.scrollWidth <= room + 2) return;
+      // a table that fits, or a short one whose scroll bar is in sight, stays a table
+      if (table.scrollWidth <= room + 2 || table.getBoundingClientRect().height <= 0.8 * window.innerHeight) return;
       table.querySelectorAll("tbody tr").forEach(function (tr) {
         Array.prototype.forEach.call(tr.children, function (td, i) {
           if (heads[i]) td.setAttribute("data-label", heads[i]);
