@@ -147,7 +147,22 @@ def clone_tensors(d: dict[int, Tensor]) -> dict[int, Tensor]:
     return {k: v.detach().clone() for k, v in d.items()}
 
 
-class PreconditionedSGD(torch.optim.Optimizer):
+class LearningRate:
+    """``opt.lr``: the learning rate of a one-group ``torch.optim`` optimizer, read and set
+    through ``param_groups`` (so that LR schedulers and ``opt.lr`` agree)."""
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the (first) parameter group."""
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = value
+
+
+class PreconditionedSGD(LearningRate, torch.optim.Optimizer):
     """``theta <- theta - lr * P(grad)``: a preconditioner followed by plain SGD.
 
     A ``torch.optim.Optimizer`` over the model's trainable parameters (one parameter
@@ -177,16 +192,6 @@ class PreconditionedSGD(torch.optim.Optimizer):
             self.curvature_backward = preconditioner.curvature_backward
         if hasattr(preconditioner, "loss"):
             self.loss = preconditioner.loss  # the loss it was built for (sokit.train checks it)
-
-    @property
-    def lr(self) -> float:
-        """The learning rate of the (first) parameter group."""
-        return self.param_groups[0]["lr"]
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        for group in self.param_groups:
-            group["lr"] = value
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's keeps only defaults, state and param_groups; keep the preconditioner too

@@ -53,6 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .base import LearningRate
+
 
 class WhitenedLinear(nn.Module):
     """A linear layer in PRONG form, ``a = V U (h - mu) + d``.
@@ -163,7 +165,7 @@ def _record_training_input(module: nn.Module, args: tuple[Any, ...]) -> None:
                                               for a in args)
 
 
-class NNN(torch.optim.Optimizer):
+class NNN(LearningRate, torch.optim.Optimizer):
     """Natural Neural Networks (PRONG) as a ``torch.optim.Optimizer`` over ``(V, d)``.
 
     ``NNN(model, lr, amortization=100, eps=...)`` rewrites ``model``'s linear layers
@@ -199,15 +201,6 @@ class NNN(torch.optim.Optimizer):
         self.params = [p for group in self.param_groups for p in group["params"]]
         model.__dict__.pop("_nnn_input", None)
         self._hook = model.register_forward_pre_hook(_record_training_input)
-
-    @property
-    def lr(self) -> float:
-        return self.param_groups[0]["lr"]
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        for group in self.param_groups:
-            group["lr"] = value
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
