@@ -303,9 +303,17 @@ class BiasedRandomSearch(_Searcher):
 
 
 # ---------------------------------------------------------------------------- drivers
+#: errors of the machine, not of the configuration (a file gone, a module missing, memory
+#: exhausted): they end the search instead of being recorded as a failed trial, since a
+#: search whose trials failed for these reasons says nothing about the hyperparameters
+ENVIRONMENT_ERRORS = (OSError, ImportError, MemoryError)
+
+
 def _evaluate(objective: Callable[[dict], float], config: dict) -> tuple[float | None, str | None]:
     try:
         return float(objective(config)), None
+    except ENVIRONMENT_ERRORS:
+        raise
     except Exception as e:  # a failed trial is recorded, it does not end the search
         return None, f"{type(e).__name__}: {e}"
 
@@ -335,6 +343,8 @@ def run_lockstep(
         configs = [s.ask() for s in searchers]
         try:
             costs, error = list(evaluate_batch(configs, r)), None
+        except ENVIRONMENT_ERRORS:
+            raise
         except Exception as e:  # the whole round failed: every member counts as failed
             costs, error = [None] * len(configs), f"{type(e).__name__}: {e}"
         if len(costs) != len(configs):

@@ -117,6 +117,23 @@ def test_failed_and_diverged_trials_are_worst_and_never_crash():
     assert d[[t.number for t in h.trials if t.status == "diverged"][0]]["cost"] is None
 
 
+def test_an_error_of_the_machine_ends_the_search_instead_of_failing_every_trial(tmp_path):
+    # a data file deleted under a running search once made every later trial "failed", and
+    # the search was stored with no best configuration; it must stop instead
+    data = tmp_path / "data.txt"
+    data.write_text("1")
+
+    def objective(c):
+        return quadratic(c) + float(data.read_text())
+
+    s = BiasedRandomSearch(SPACE, seed=3)
+    run_search(s, objective, 3)
+    data.unlink()
+    with pytest.raises(FileNotFoundError):
+        run_search(s, objective, 3)
+    assert len(s.history) == 3 and all(t.status == "ok" for t in s.history.trials)
+
+
 def test_all_diverged_history_still_samples():
     s = BiasedRandomSearch(SPACE, seed=2)
     h = run_search(s, lambda c: float("inf"), 5)
