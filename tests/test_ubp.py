@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import hessian as func_hessian
 
 from sokit import curvature, losses
-from sokit.optim.ubp import UBP, blocks, carried_jacobians, preactivation_hvp, ubp_sweep
+from sokit.optim.ubp import UBP, Curvature, blocks, carried_jacobians, ubp_sweep
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -47,9 +47,9 @@ def record(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, loss: str):
     return [t.detach() for t in inputs], [t.detach() for t in preacts], out.detach(), g
 
 
-def sweep(model, x, y, loss, lr, hessian="exact", compress=True):
+def sweep(model, x, y, loss, lr, hessian="exact"):
     inputs, preacts, out, g = record(model, x, y, loss)
-    return ubp_sweep(model, inputs, preacts, out, g, loss, lr, hessian, compress), inputs
+    return ubp_sweep(model, inputs, preacts, out, g, loss, lr, hessian), inputs
 
 
 def true_signal(model, steps, inputs, k, y, loss) -> torch.Tensor:
@@ -136,17 +136,39 @@ def test_gn_equals_exact_for_linear_net_and_quadratic_loss():
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_preactivation_hvp_matches_torch_func_hessian(loss):
+def test_exact_curvature_product_matches_torch_func_hessian(loss):
     model = tiny(code_linear=False)
     x, y = batch(loss)
-    inputs, preacts, out, g = record(model, x, y, loss)
+    _, preacts, out, g = record(model, x, y, loss)
+    curv = Curvature.at(model, preacts, out, g, loss, "exact")
     lf = losses.get(loss)
-    for blk, a in zip(blocks(model), preacts):
-        upper = model[blk.index + 1 :]
+    for k, (blk, a) in enumerate(zip(blocks(model), preacts)):
         v = torch.randn_like(a)
-        H = func_hessian(lambda z: lf(upper(z), y))(a)  # (B, n, B, n)
-        expected = torch.einsum("bnco,co->bn", H, v)
-        torch.testing.assert_close(preactivation_hvp(upper, a, v, out, g, loss), expected)
+        H = func_hessian(lambda z: lf(model[blk.index + 1 :](z), y))(a)  # (B, n, B, n)
+        torch.testing.assert_close(curv.apply(k, v), torch.einsum("bnco,co->bn", H, v))
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_gauss_newton_product_matches_the_explicit_blocks(loss):
+    """J^T (d2L/df2) J v from Jacobian-vector products = the explicit matrices (torch.func)."""
+    model = tiny(code_linear=False)
+    x, y = batch(loss)
+    _, preacts, out, g = record(model, x, y, loss)
+    curv = Curvature.at(model, preacts, out, g, loss, "gn")
+    D = curvature.output_hessian(losses.get(loss), out, y) / x.shape[0]
+    for k, (blk, a) in enumerate(zip(blocks(model), preacts)):
+        J = curvature.preactivation_jacobian(model, blk.linear, x)  # (B, m, n)
+        v = torch.randn_like(a)
+        expected = torch.einsum("bmn,bmo,bop,bp->bn", J, D, J, v)
+        torch.testing.assert_close(curv.apply(k, v), expected)
+
+
+def test_curvature_rejects_unknown_hessian():
+    model = tiny()
+    x, y = batch("mse")
+    _, preacts, out, g = record(model, x, y, "mse")
+    with pytest.raises(ValueError, match="hessian"):
+        Curvature.at(model, preacts, out, g, "mse", "fisher")
 
 
 def reference_sweep(model, x, y, loss, lr, hessian):
@@ -178,13 +200,12 @@ def reference_sweep(model, x, y, loss, lr, hessian):
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("hessian", ["exact", "gn"])
-@pytest.mark.parametrize("compress", [True, False])
-def test_sweep_matches_torch_func_reference(loss, hessian, compress):
-    model = tiny(code_linear=False, out=12)  # 12 outputs: J is compressed below the 3-unit layer
+def test_sweep_matches_torch_func_reference(loss, hessian):
+    model = tiny(code_linear=False, out=12)  # more outputs than any layer's width
     x, y = batch(loss, out=12)
     if loss == "mse":
         y = torch.randn(x.shape[0], 12, generator=torch.Generator().manual_seed(2))
-    steps, _ = sweep(model, x, y, loss, 0.3, hessian, compress)
+    steps, _ = sweep(model, x, y, loss, 0.3, hessian)
     signals, dws = reference_sweep(model, x, y, loss, 0.3, hessian)
     for k, s in enumerate(steps):
         torch.testing.assert_close(s.dW, dws[k])

@@ -12,24 +12,30 @@ where ``H_i = d2L/da_i^2`` is the Hessian of the loss w.r.t. the preactivation
 (examples do not interact, so it is block diagonal over the minibatch). Two choices:
 
 * ``hessian="gn"`` (the thesis's choice): ``H_i ~= J_i^T (d2L/df2) J_i`` with ``J_i``
-  the Jacobian of the network output w.r.t. ``a_i``, carried down layer by layer as in
-  Algorithm 2 (lines 2, 5, 9), starting from a square root of ``d2L/df2``.
+  the Jacobian of the network output w.r.t. ``a_i`` (Algorithm 2, lines 2, 5, 9).
 * ``hessian="exact"``: the full ``d2L/da2``, including the second derivatives of the
-  layers above that section 5.2 drops, as one forward-over-reverse Hessian-vector
-  product per layer through the layers above (``torch.func``).
+  layers above that section 5.2 drops.
 
-Cost of one update (B examples, m outputs, layer widths n_0 .. n_L):
+Both products ``H_i v_i`` are taken without forming ``J_i`` or ``H_i``
+(:class:`Curvature`): one Jacobian-vector product up through the layers above (the
+tangent of every preactivation), ``d2L/df2`` at the output, and one pass back down
+(Pearlmutter's R-operator); the exact Hessian adds ``f''(a) * dL/dh * tangent`` at every
+layer, from the gradients of the unmodified network. Algorithm 2 carries ``J_i``
+itself, ``(B, m, n_l)`` per layer (:func:`carried_jacobians`, kept for section 5.5's
+matrices); ``J_i^T J_i v_i`` from the same ``J_i`` is the same vector up to rounding.
 
-* ``"gn"``: the Jacobians cost ``B m sum_l n_l n_{l-1}`` multiply-adds and ``B m max n_l``
-  floats of memory, i.e. about ``m`` times an SGD step (m = 784 for the autoencoder).
-  With ``compress=True`` a Jacobian at least 4 times taller than wide is replaced by
-  its ``R`` factor (``J^T J = R^T R``), so below a narrow layer (the 30-unit code)
-  only ``n_code`` rows are carried. The result is the same up to rounding.
-* ``"exact"``: for each layer one Hessian-vector product through the layers above it,
-  about ``L^2 / 2`` layer passes in all instead of SGD's ``L``; memory as SGD.
-* Both: the sweep needs the train loop's forward pass (activations kept by forward
-  hooks) and ``dL/df`` (a hook on the output); the train loop's own ``backward`` is
-  not used for the update.
+Cost of one update (B examples, layers ``l = 1..L`` with ``c_l = n_{l-1} n_l`` weights):
+
+* the product for layer ``k``: ``2 B sum_{l > k} c_l`` multiply-adds (two matrix products
+  per layer above it), for all layers ``2 B sum_l (l - 2) c_l``; ``"exact"`` adds the
+  gradients of the unmodified network, ``B sum_{l >= 2} c_l``, and elementwise terms;
+* the sweep itself (lines 4, 6-8): ``4 B c_l`` per layer above the first, ``B c_1`` for it;
+* the train loop's forward and backward (an SGD step's products; its ``.grad`` is unused).
+
+Carrying ``J_i`` instead costs ``B m sum_l c_l`` (``m`` outputs; m = 784 for the
+autoencoder), about ``m / 3`` SGD steps. Memory: a few ``(B, n_l)`` tangents per layer.
+The sweep needs the train loop's forward pass (activations kept by forward hooks) and
+``dL/df`` (a hook on the output).
 """
 
 from __future__ import annotations
@@ -40,10 +46,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, jvp
+from torch.func import jvp
 
 __all__ = [
-    "UBP", "Block", "LayerStep", "blocks", "ubp_sweep", "output_hessian_factor", "preactivation_hvp",
+    "UBP", "Block", "Curvature", "LayerStep", "blocks", "ubp_sweep", "output_hessian_factor",
     "carried_jacobians", "forward_record",
 ]
 
@@ -64,11 +70,23 @@ class Block:
     linear: nn.Linear
     activations: tuple[nn.Module, ...]
 
+    def activation(self, a: Tensor) -> Tensor:
+        """``f(a)``, the composed activations."""
+        for act in self.activations:
+            a = act(a)
+        return a
+
     def derivative(self, a: Tensor) -> Tensor:
         """``f'(a)`` of the composed activations, elementwise."""
         if not self.activations:
             return torch.ones_like(a)
-        return jvp(nn.Sequential(*self.activations), (a,), (torch.ones_like(a),))[1]
+        return jvp(self.activation, (a,), (torch.ones_like(a),))[1]
+
+    def second_derivative(self, a: Tensor) -> Tensor:
+        """``f''(a)`` of the composed activations, elementwise."""
+        if not self.activations:
+            return torch.zeros_like(a)
+        return jvp(self.derivative, (a,), (torch.ones_like(a),))[1]
 
 
 @dataclass
@@ -135,32 +153,56 @@ def _output_hessian_apply(output: Tensor, d: Tensor, loss: str) -> Tensor:
     return (p * d - p * (p * d).sum(dim=1, keepdim=True)) / b
 
 
-def preactivation_hvp(
-    upper: Callable[[Tensor], Tensor], a: Tensor, v: Tensor, output: Tensor, grad_output: Tensor, loss: str
-) -> Tensor:
-    """``(d2L/da_i^2) v_i`` for every example at once (``hessian="exact"``).
+@dataclass
+class Curvature:
+    """``(d2L/da_k^2) v`` (``"exact"``) or its Gauss-Newton part ``J^T (d2L/df2) J v``
+    (``"gn"``, section 5.2) at every block's preactivation, for all examples at once.
 
-    ``upper`` maps the preactivation ``a`` to the network output. The loss enters only
-    through its gradient ``grad_output = dL/df`` and Hessian at ``output``: the
-    surrogate ``<f(a), g> + 1/2 (f(a) - f)^T (d2L/df2) (f(a) - f)`` has the same
-    gradient and Hessian in ``a`` as ``L``. The minibatch Hessian is block diagonal,
-    so one Hessian-vector product with all the ``v_i`` stacked gives every block's.
+    Built once per minibatch (:meth:`at`) from the forward pass at the current
+    parameters: the weights, ``f'`` of every block and, for ``"exact"``, ``f''`` and the
+    gradient ``dL/dh`` of every block's output (of the unmodified network).
     """
-    _check_loss(loss)
-    f0, g0 = output.detach(), grad_output.detach()
 
-    def surrogate(z: Tensor) -> Tensor:
-        d = upper(z) - f0
-        return (d * g0).sum() + 0.5 * (d * _output_hessian_apply(f0, d, loss)).sum()
+    weights: list[Tensor]
+    fprime: list[Tensor]
+    fsecond: list[Tensor] | None
+    grad_h: list[Tensor] | None
+    output: Tensor
+    loss: str
 
-    return jvp(grad(surrogate), (a.detach(),), (v,))[1]
+    @classmethod
+    def at(cls, model: nn.Sequential, preacts: list[Tensor], output: Tensor, grad_output: Tensor,
+           loss: str, hessian: str) -> Curvature:
+        """The curvature of the mean loss at the forward pass ``preacts``, ``output``."""
+        if hessian not in HESSIANS:
+            raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
+        _check_loss(loss)
+        bl = blocks(model)
+        weights = [blk.linear.weight.detach() for blk in bl]
+        fprime = [blk.derivative(a.detach()) for blk, a in zip(bl, preacts)]
+        fsecond = grad_h = None
+        if hessian == "exact":
+            fsecond = [blk.second_derivative(a.detach()) for blk, a in zip(bl, preacts)]
+            grad_h = [grad_output.detach()]  # dL/dh of each block's output, top first
+            for k in range(len(bl) - 1, 0, -1):
+                grad_h.append((grad_h[-1] * fprime[k]) @ weights[k])
+            grad_h.reverse()
+        return cls(weights, fprime, fsecond, grad_h, output.detach(), loss)
 
-
-def _gram_apply(jac: Tensor, v: Tensor) -> Tensor:
-    """``J_i^T J_i v_i``; ``jac`` is a diagonal ``(B, n)`` or dense ``(B, m, n)``."""
-    if jac.dim() == 2:
-        return jac.square() * v
-    return torch.einsum("bmn,bm->bn", jac, torch.einsum("bmn,bn->bm", jac, v))
+    def apply(self, k: int, v: Tensor) -> Tensor:
+        """``H v_i`` at block ``k``'s preactivation for every example ``i``: the tangent
+        of every preactivation above (forward), ``d2L/df2`` at the output, and back down."""
+        tangents = [v]
+        for j in range(k + 1, len(self.weights)):
+            tangents.append((tangents[-1] * self.fprime[j - 1]) @ self.weights[j].T)
+        r = _output_hessian_apply(self.output, tangents[-1] * self.fprime[-1], self.loss)
+        for j in range(len(self.weights) - 1, k - 1, -1):
+            r = r * self.fprime[j]
+            if self.fsecond is not None:
+                r = r + self.grad_h[j] * self.fsecond[j] * tangents[j - k]
+            if j > k:
+                r = r @ self.weights[j]
+        return r
 
 
 def _scale_columns(jac: Tensor, d: Tensor) -> Tensor:
@@ -168,13 +210,9 @@ def _scale_columns(jac: Tensor, d: Tensor) -> Tensor:
     return jac * d if jac.dim() == 2 else jac * d.unsqueeze(1)
 
 
-def _times_weight(jac: Tensor, weight: Tensor, compress: bool) -> Tensor:
-    """``J_i W`` (Algorithm 2, line 9); with ``compress``, a ``J_i`` at least 4 times
-    taller than wide is replaced by ``R`` of ``J_i = Q R`` (same ``J_i^T J_i``)."""
-    out = jac.unsqueeze(2) * weight if jac.dim() == 2 else jac @ weight
-    if compress and out.shape[1] >= 4 * out.shape[2]:
-        out = torch.linalg.qr(out, mode="r")[1]
-    return out
+def _times_weight(jac: Tensor, weight: Tensor) -> Tensor:
+    """``J_i W`` (Algorithm 2, line 9)."""
+    return jac.unsqueeze(2) * weight if jac.dim() == 2 else jac @ weight
 
 
 def forward_record(model: nn.Sequential, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
@@ -187,8 +225,7 @@ def forward_record(model: nn.Sequential, x: Tensor) -> tuple[list[Tensor], list[
             inputs.append(h)
             h = blk.linear(h)
             preacts.append(h)
-            for act in blk.activations:
-                h = act(h)
+            h = blk.activation(h)
     return inputs, preacts, h
 
 
@@ -196,8 +233,8 @@ def carried_jacobians(model: nn.Sequential, preacts: list[Tensor], output: Tenso
     """The ``J_i`` of Algorithm 2 at every block's preactivation, bottom first; ``(B, m, n_l)``.
 
     ``J_i^T J_i`` is the Gauss-Newton block ``(da/dF)^T (d2L/df2) (df/da)`` of example ``i``
-    (section 5.5's matrix); uncompressed, so it is ``sqrt(d2L/df2)`` times the Jacobian
-    of the output w.r.t. the preactivation.
+    (section 5.5's matrix): ``sqrt(d2L/df2)`` times the Jacobian of the output w.r.t.
+    the preactivation. The sweep never forms them (:class:`Curvature`).
     """
     bl = blocks(model)
     jac = output_hessian_factor(output.detach(), loss)
@@ -206,7 +243,7 @@ def carried_jacobians(model: nn.Sequential, preacts: list[Tensor], output: Tenso
         for blk, a in zip(reversed(bl), reversed(preacts)):
             jac = _scale_columns(jac, blk.derivative(a.detach()))
             out.append(torch.diag_embed(jac) if jac.dim() == 2 else jac)
-            jac = _times_weight(jac, blk.linear.weight, compress=False)
+            jac = _times_weight(jac, blk.linear.weight)
     return out[::-1]
 
 
@@ -219,7 +256,6 @@ def ubp_sweep(
     loss: str,
     lr: float,
     hessian: str = "gn",
-    compress: bool = True,
 ) -> list[LayerStep]:
     """Algorithm 2 on one minibatch; returns one :class:`LayerStep` per block, bottom first.
 
@@ -228,34 +264,23 @@ def ubp_sweep(
     sums over examples of Algorithm 2 are already averages). Parameters are not
     modified; :class:`UBP` applies the returned updates.
     """
-    if hessian not in HESSIANS:
-        raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
-    _check_loss(loss)
     bl = blocks(model)
     if not (len(inputs) == len(preacts) == len(bl)):
         raise ValueError(f"got {len(inputs)} inputs and {len(preacts)} preactivations for {len(bl)} Linear layers")
-    dh = grad_output.detach()
-    jac = output_hessian_factor(output.detach(), loss) if hessian == "gn" else None
-    steps: list[LayerStep] = []
     with torch.no_grad():
+        curvature = Curvature.at(model, preacts, output, grad_output, loss, hessian)
+        dh = grad_output.detach()
+        steps: list[LayerStep] = []
         for k in reversed(range(len(bl))):
-            blk, h, a = bl[k], inputs[k].detach(), preacts[k].detach()
-            W, bias = blk.linear.weight, blk.linear.bias
-            fprime = blk.derivative(a)
-            da = dh * fprime  # line 4
+            h, W, bias = inputs[k].detach(), curvature.weights[k], bl[k].linear.bias
+            da = dh * curvature.fprime[k]  # line 4
             dW = -lr * da.T @ h  # line 7
             db = -lr * da.sum(dim=0) if bias is not None else None  # line 6
             signal = None
             if k > 0:
-                delta_a = h @ dW.T + (db if db is not None else 0.0)
-                if hessian == "gn":
-                    jac = _scale_columns(jac, fprime)  # line 5
-                    curv = _gram_apply(jac, delta_a)
-                    jac = _times_weight(jac, W, compress)  # line 9
-                else:
-                    with torch.enable_grad():
-                        curv = preactivation_hvp(model[blk.index + 1 :], a, delta_a, output, grad_output, loss)
-                signal = da @ (W + dW) + curv @ W  # line 8
+                delta_a = torch.addmm(db, h, dW.T) if db is not None else h @ dW.T
+                curv = curvature.apply(k, delta_a)  # J^T J (dW h + db), lines 5 and 9
+                signal = torch.addmm(curv @ W, da, W + dW)  # line 8
                 dh = signal
             steps.append(LayerStep(dW, db, signal))
     return steps[::-1]
@@ -276,9 +301,7 @@ class UBP(torch.optim.Optimizer):
     the ``loss`` UBP was built for).
     """
 
-    def __init__(
-        self, model: nn.Sequential, lr: float, loss: str, hessian: str = "gn", compress: bool = True
-    ) -> None:
+    def __init__(self, model: nn.Sequential, lr: float, loss: str, hessian: str = "gn") -> None:
         if lr < 0:
             raise ValueError(f"lr must be non-negative, got {lr}")
         if hessian not in HESSIANS:
@@ -286,7 +309,7 @@ class UBP(torch.optim.Optimizer):
         _check_loss(loss)
         self.model = model
         self.blocks = blocks(model)
-        self.loss, self.hessian, self.compress = loss, hessian, compress
+        self.loss, self.hessian = loss, hessian
         super().__init__(model.parameters(), {"lr": lr})
         self._record: dict[str, Any] = {}
         self._recording = True
@@ -336,7 +359,7 @@ class UBP(torch.optim.Optimizer):
         try:
             steps = ubp_sweep(
                 self.model, rec["inputs"], rec["preacts"], rec["output"], rec["grad_output"],
-                self.loss, self.param_groups[0]["lr"], self.hessian, self.compress,
+                self.loss, self.param_groups[0]["lr"], self.hessian,
             )
         finally:
             self._recording = True
