@@ -57,18 +57,42 @@ def test_colab_cell_installs_this_repository(path: Path) -> None:
     assert "setup()" in first.source, f"{path.name}: Colab cell should call sokit.colab.setup()"
 
 
-def test_colab_setup_runs_the_full_profile_only_on_a_gpu(monkeypatch, capsys) -> None:
+def test_colab_setup_never_chooses_a_profile_that_trains(monkeypatch, capsys) -> None:
+    """On a Colab GPU, "Run all" shows the stored results: setup() sets no profile."""
     from sokit import colab
 
-    monkeypatch.setenv("SOKIT_PROFILE", "")  # recorded, so that teardown removes what setup() sets
-    monkeypatch.delenv("SOKIT_PROFILE")
+    monkeypatch.delenv("SOKIT_PROFILE", raising=False)
     monkeypatch.setattr(colab.torch.cuda, "is_available", lambda: False)
     assert colab.setup() == "" and "Change runtime type" in capsys.readouterr().out
-    assert "SOKIT_PROFILE" not in os.environ
     monkeypatch.setattr(colab.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(colab.torch.cuda, "get_device_name", lambda i: "Tesla T4")
-    assert colab.setup() == "full" and os.environ["SOKIT_PROFILE"] == "full"
-    assert "Tesla T4" in capsys.readouterr().out
+    assert colab.setup() == "Tesla T4" and "Run it yourself" in capsys.readouterr().out
+    assert "SOKIT_PROFILE" not in os.environ
+
+
+def test_the_opt_in_cell_trains_nothing_until_a_profile_is_named(monkeypatch, capsys) -> None:
+    from sokit import colab, experiments
+
+    calls = []
+    monkeypatch.setattr(experiments, "load_or_run", lambda *a, **k: calls.append(a))
+    assert colab.run_yourself(["fig6_2", "fig5_1"]) == [] and not calls
+    out = capsys.readouterr().out
+    assert "Nothing was trained" in out
+    for profile in experiments.get("fig6_2").configs:
+        assert f"  {profile}" in out
+    # a stored profile shows the time it took and where; the GPU estimate counts steps
+    quick = colab.cost("fig6_2", "quick")
+    assert quick["budget"] == "6 x 1,000 updates" and "min on AMD EPYC (cpu)" in quick["measured"]
+    assert quick["on a GPU (eager)"] == f"about {6 * 1000 * colab.EAGER_GPU_MS / 60_000:,.1f} min"
+    colab.run_yourself(["fig6_2"], "smoke")
+    assert calls == [("fig6_2", "smoke")]
+
+
+@pytest.mark.parametrize("path", [p for p in sources() if "load_or_run" in p.read_text()], ids=lambda p: p.name)
+def test_every_page_that_runs_experiments_has_the_opt_in_cell(path: Path) -> None:
+    text = path.read_text()
+    assert "colab.run_yourself(" in text and "PROFILE = None" in text, (
+        f"{path.name}: add the opt-in 'Run it yourself' cell (PROFILE = None; colab.run_yourself([...], PROFILE))")
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)

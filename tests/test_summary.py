@@ -18,7 +18,7 @@ def test_every_thesis_experiment_has_a_row():
 def test_rows_come_from_the_stored_result_the_chapter_shows(tmp_path, monkeypatch):
     monkeypatch.setenv("SOKIT_RESULTS", str(tmp_path))
     monkeypatch.delenv("SOKIT_PROFILE", raising=False)
-    assert all(r["ours"].startswith("not stored") for r in summary.rows())
+    assert all(r["at equal updates"].startswith("not stored") for r in summary.rows())
     config = experiments.get("fig6_2").configs["quick"]
     run = {"updates": [1000], "seconds": [1.0], "train_loss": [12.5], "test_loss": [13.0], "diverged": False}
     results = {label: dict(run) for label in config["methods"]}
@@ -28,9 +28,28 @@ def test_rows_come_from_the_stored_result_the_chapter_shows(tmp_path, monkeypatc
     (tmp_path / "fig6_2").mkdir()
     (tmp_path / "fig6_2" / "quick.json").write_text(json.dumps(record))
     row = next(r for r in summary.rows() if r["experiment"] == "`fig6_2`")
-    assert row["profile"] == "quick (1,000 updates)"
-    assert "SGD 12.5" in row["ours"] and "KFAC diverged" in row["ours"]
+    assert row["profile stored"] == "quick" and row["ours ran"] == "1,000 updates"
+    assert row["the thesis ran"] == "300,000 updates"
+    # the thesis's SGD curve at 1,000 updates is 33.4: 12.5 / 33.4 = 0.37, below the agreement band
+    verdict = row["at equal updates"]
+    assert verdict.startswith("at 1,000 updates, ours / thesis's: ")
+    assert "ours lower: " in verdict and "SGD 0.37" in verdict and "diverged: KFAC" in verdict
     assert row["hardware"] == "Test GPU (cuda), commit 01234567"
-    assert "KFAC 0.92" in row["thesis's numbers"]
     table = summary.markdown_table()
     assert table.count("\n") == len(summary.items()) + 1
+
+
+def test_verdict_groups_methods_by_their_ratio_at_the_last_checkpoint():
+    from sokit import thesis
+    from sokit.report import tables
+
+    def run(label: str, scale: float) -> dict:
+        at = [10, 100, 1000]
+        reference = thesis.curve("fig6_2", "train MSE vs updates", label)
+        return {"updates": at, "train_loss": [scale * reference.at(u) for u in at], "diverged": False}
+
+    results = {"SGD": run("SGD", 1.2), "KFAC": run("KFAC", 3.0), "batch norm + SGD": run("batch norm + SGD", 0.5),
+               "Natural Neural Networks": dict(run("Natural Neural Networks", 1.0), diverged=True, train_loss=[5.0])}
+    verdict = tables.equal_update_verdict({"experiment": "fig6_2", "results": results})
+    assert verdict == ("at 1,000 updates, ours / thesis's: agree: SGD 1.20; ours higher: KFAC 3.00; "
+                       "ours lower: batch norm + SGD 0.50; diverged: Natural Neural Networks")

@@ -1,4 +1,5 @@
-"""Every thesis figure and table at a glance: our stored result beside the thesis's numbers.
+"""Every thesis figure and table at a glance: what we stored, against what the thesis ran, and
+how the two compare at equal numbers of updates.
 
 The book's introduction renders :func:`markdown_table`; each row is computed from the
 stored result that the chapter shows (:func:`sokit.experiments.pick_profile`), so the
@@ -7,87 +8,77 @@ summary cannot drift from the chapters.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sokit import experiments, thesis
 from sokit.experiments.searches import METHOD_LABELS
+from sokit.report import tables
 
 
 @dataclass(frozen=True)
 class Item:
-    """One figure or table of the thesis and the experiment that reproduces it."""
+    """One figure or table of the thesis, the experiment that reproduces it, the thesis's
+    budget and how ours compares (a function of the stored record)."""
 
     thesis: str
     experiment: str
     chapter: str
-    thesis_numbers: str
-    ours: Callable[[dict[str, Any]], str]
+    thesis_budget: str
+    verdict: Callable[[dict[str, Any]], str]
     note: str = ""
 
 
-def _num(v: float | None, spec: str = ".3g") -> str:
-    return "-" if v is None or not math.isfinite(v) else format(v, spec)
+def curves(figure: str | None = None) -> Callable[[dict[str, Any]], str]:
+    """The equal-update verdict against the thesis's curves of ``figure`` (default: the
+    record's own)."""
+    return lambda record: tables.equal_update_verdict(record, figure)
 
 
-def final_train(record: dict[str, Any]) -> str:
-    """Final training loss per method of a comparison figure ("diverged" where it did)."""
-    out = []
-    for label, res in record["results"].items():
-        value = "diverged" if res["diverged"] else _num(res["train_loss"][-1] if res["train_loss"] else None)
-        out.append(f"{label} {value}")
-    return "; ".join(out)
+def sgd_curve(record: dict[str, Any]) -> str:
+    """The single SGD run against the thesis's SGD curve of Fig 6.2."""
+    return tables.equal_update_verdict(dict(record, results={"SGD": record["results"]}), "fig6_2")
 
 
-def single_run(record: dict[str, Any]) -> str:
-    """Final training and best test loss of a one-method experiment."""
-    res = record["results"]
-    if res["diverged"]:
-        return "diverged"
-    return f"train {_num(res['train_loss'][-1])}, best test {_num(min(res['test_loss']))}"
+def ranking(record: dict[str, Any]) -> str:
+    """Table 4.I: the order of the search methods by mean best loss, and their spread, ours
+    beside the thesis's (absolute losses are not comparable: see chapter 4)."""
+    ours = record["results"]["methods"]
+    order = sorted((m for m in ours if m in thesis.TABLE4_1), key=lambda m: ours[m]["mean"])
+    theirs = sorted(thesis.TABLE4_1, key=lambda m: thesis.TABLE4_1[m][0])
+    spread = sorted(order, key=lambda m: ours[m]["std"])
+    same = "same order" if order == theirs else "a different order"
+    return (f"{same}: ours {' < '.join(METHOD_LABELS[m] for m in order)}, thesis's "
+            f"{' < '.join(METHOD_LABELS[m] for m in theirs)}; smallest spread: ours "
+            f"{METHOD_LABELS[spread[0]]}, thesis's biased random")
 
 
-def search_table(record: dict[str, Any]) -> str:
-    """Mean +- std over searches of the best final training loss, per search method."""
-    return "; ".join(f"{METHOD_LABELS[m]} {s['mean']:.2f} ± {s['std']:.2f}"
-                     for m, s in record["results"]["methods"].items())
+def scatter(record: dict[str, Any]) -> str:
+    """A scatter of searched points: the number of experiments, nothing to compare per update."""
+    n = sum(len(h) for h in record["results"]["histories"].values())
+    return f"a scatter ({n} experiments): compared by its shape in the chapter"
 
 
-def search_scatter(record: dict[str, Any]) -> str:
-    """Per search method: the number of experiments and the lowest final loss found."""
-    out = []
-    for method, history in record["results"]["histories"].items():
-        costs = [h["cost"] for h in history if h["status"] == "ok" and math.isfinite(h["cost"])]
-        out.append(f"{method}: best {_num(min(costs) if costs else None)} of {len(history)}")
-    return "; ".join(out)
-
-
-def _thesis_curves(name: str) -> str:
-    return "; ".join(f"{label} {train:.3g}" for label, (train, _, _) in thesis.FIG6_FINAL[name].items())
+def stand_in(record: dict[str, Any]) -> str:
+    return "none: not the thesis's experiment"
 
 
 def items() -> list[Item]:
     """The thesis's experimental figures and tables, in the thesis's order."""
-    t41 = "; ".join(f"{m.replace('_', ' ')} {mean} ± {std}" for m, (mean, std) in thesis.TABLE4_1.items())
+    full = f"{thesis.UPDATES:,} updates"
     return [
-        Item("Figure 2.2", "fig2_2", "chapter 2", "a scatter of final losses (no number printed)",
-             search_scatter),
-        Item("Figure 4.1", "fig4_1", "chapter 4", "a scatter of the points each search chose",
-             search_scatter),
-        Item("Table 4.I", "table4_1", "chapter 4", t41, search_table),
-        Item("Figure 5.1", "fig5_1", "chapter 5",
-             "; ".join(f"{k} {v}" for k, v in thesis.FIG5_1_FINAL_TRAIN.items()), final_train),
-        Item("Figure 6.1", "fig6_1", "chapter 6", _thesis_curves("fig6_1"), final_train),
-        Item("Figure 6.2", "fig6_2", "chapter 6", _thesis_curves("fig6_2"), final_train),
-        Item("Figure 6.2, SGD curve", "sgd_autoencoder", "chapter 2", "SGD 2.11", single_run),
-        Item("Figure 6.3", "fig6_3", "chapter 6",
-             thesis.FIG6_3_SUMMARY,
-             final_train, note="CIFAR-10 is download-only and cannot be fetched where the book "
-                               "is built; see the Fashion-MNIST stand-in below"),
-        Item("Figure 6.3 (stand-in)", "fig6_3_fashion", "chapter 6",
-             "none: not the thesis's experiment (Fashion-MNIST instead of CIFAR-10)", final_train),
+        Item("Figure 2.2", "fig2_2", "chapter 2", "99 experiments (points plotted)", scatter),
+        Item("Figure 4.1", "fig4_1", "chapter 4", "3 x 100 experiments (points plotted)", scatter),
+        Item("Table 4.I", "table4_1", "chapter 4", "100 searches x 100 experiments x 100 iterations", ranking),
+        Item("Figure 5.1", "fig5_1", "chapter 5", full, curves()),
+        Item("Figure 6.1", "fig6_1", "chapter 6", full, curves()),
+        Item("Figure 6.2", "fig6_2", "chapter 6", full, curves()),
+        Item("Figure 6.2, SGD curve", "sgd_autoencoder", "chapter 2", full, sgd_curve),
+        Item("Figure 6.3", "fig6_3", "chapter 6", full, curves(),
+             note="CIFAR-10 is download-only and cannot be fetched where the book "
+                  "is built; see the Fashion-MNIST stand-in below"),
+        Item("Figure 6.3 (stand-in)", "fig6_3_fashion", "chapter 6", "-", stand_in),
     ]
 
 
@@ -95,26 +86,27 @@ def budget(config: dict[str, Any]) -> str:
     """The training budget of a configuration, in the thesis's units."""
     if "updates" in config:
         return f"{config['updates']:,} updates"
-    parts = [f"{config[k]:,} {k}" for k in ("searches", "experiments", "iterations") if k in config]
+    singular = {"searches": "search", "experiments": "experiment", "iterations": "iteration"}
+    parts = [f"{config[k]:,} {k if config[k] != 1 else singular[k]}" for k in singular if k in config]
     return " x ".join(parts)
 
 
 def rows() -> list[dict[str, str]]:
-    """One row per :func:`items` entry: what the thesis reports and what we stored."""
+    """One row per :func:`items` entry: the profile stored, our budget beside the thesis's,
+    and the verdict at equal updates."""
     out = []
     for item in items():
         profile = experiments.pick_profile(item.experiment)
         record = experiments.load(item.experiment, profile)
         if not experiments.is_current(item.experiment, profile):
-            ours, where, profile = f"not stored{': ' + item.note if item.note else ''}", "-", "-"
+            stored, ours, verdict, where = "-", "-", f"not stored{': ' + item.note if item.note else ''}", "-"
         else:
             prov = record["provenance"]
-            ours = item.ours(record)
-            profile = f"{profile} ({budget(record['config'])})"
+            stored, ours, verdict = profile, budget(record["config"]), item.verdict(record)
             where = f"{prov['device']} ({prov['device_type']}), commit {prov['commit'][:8]}"
         out.append({"thesis": item.thesis, "experiment": f"`{item.experiment}`", "chapter": item.chapter,
-                    "profile": profile, "thesis's numbers": item.thesis_numbers, "ours": ours,
-                    "hardware": where})
+                    "profile stored": stored, "ours ran": ours, "the thesis ran": item.thesis_budget,
+                    "at equal updates": verdict, "hardware": where})
     return out
 
 

@@ -70,7 +70,9 @@ def table4_1_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _interp_loglog(xs: list[float], ys: list[float], x: float) -> float:
-    """Our curve at ``x`` updates, log-log interpolated between evaluation points (NaN outside)."""
+    """Our curve at ``x`` updates, log-log interpolated between evaluation points (NaN outside,
+    and past the last evaluation a diverged run recorded)."""
+    xs = xs[:len(ys)]
     if not xs or not xs[0] <= x <= xs[-1]:
         return math.nan
     return float(np.exp(np.interp(math.log(x), np.log(xs), np.log(ys))))
@@ -103,6 +105,31 @@ def equal_updates(record: dict[str, Any], figure: str | None = None,
                          # curve is a straight line from the initial loss, not a measurement
                          "thesis measured": u >= reference.x[1]})
     return rows
+
+
+#: ours and the thesis's "agree" at equal updates within this factor either way
+AGREE = 1.5
+
+
+def equal_update_verdict(record: dict[str, Any], figure: str | None = None) -> str:
+    """One line per comparison: at our last checkpoint, which methods agree with the
+    thesis's curve within :data:`AGREE` and which are above or below it (ours / thesis's)."""
+    rows = equal_updates(record, figure)
+    if not rows:
+        return "no thesis curve to compare with"
+    last = max(r["updates"] for r in rows)
+    groups: dict[str, list[str]] = {"agree": [], "ours higher": [], "ours lower": [], "diverged": []}
+    for r in (r for r in rows if r["updates"] == last):
+        if r["diverged"] and not math.isfinite(r["ratio"]):
+            groups["diverged"].append(r["method"])
+            continue
+        key = ("agree" if 1 / AGREE <= r["ratio"] <= AGREE else "ours higher" if r["ratio"] > AGREE
+               else "ours lower")
+        groups[key].append(f"{r['method']} {r['ratio']:.2f}")
+    measured = all(r["thesis measured"] for r in rows if r["updates"] == last)
+    star = "" if measured else " (thesis before its first evaluation)"
+    parts = [f"{k}: {', '.join(v)}" for k, v in groups.items() if v]
+    return f"at {last:,} updates, ours / thesis's{star}: " + "; ".join(parts)
 
 
 def equal_updates_table(record: dict[str, Any], figure: str | None = None) -> str:
