@@ -56,7 +56,8 @@ def cost(name: str, profile: str) -> dict[str, str]:
     if "updates" not in config:
         budget = "a search"
     else:
-        budget = f"{_methods(config)} x {f'{trials} trials x ' if 'trials' in config else ''}{config['updates']:,} updates"
+        per_trial = f"{trials} trials x " if "trials" in config else ""
+        budget = f"{_methods(config)} x {per_trial}{config['updates']:,} updates"
     return {"profile": profile, "budget": budget, "measured": measured, "on a GPU (eager)": gpu}
 
 
