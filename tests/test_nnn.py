@@ -234,6 +234,68 @@ def test_evaluation_forward_between_backward_and_step_changes_nothing(mode):
         assert torch.equal(a, b)
 
 
+class DenseWhitened(nn.Module):
+    """The reference PRONG layer: ``U = E diag(gain) E^T`` from ``eigh`` of the n x n
+    covariance (gain 1 on degenerate directions), multiplied densely."""
+
+    def __init__(self, layer: WhitenedLinear) -> None:
+        super().__init__()
+        self.V, self.d = nn.Parameter(layer.V.detach().clone()), nn.Parameter(layer.d.detach().clone())
+        self.U, self.mu = layer.U.clone(), layer.mu.clone()
+
+    def forward(self, h):
+        return (h - self.mu) @ self.U @ self.V.t() + self.d
+
+    @torch.no_grad()
+    def refresh(self, h, eps):
+        mu = h.mean(0)
+        lam, E = torch.linalg.eigh((h - mu).t() @ (h - mu) / len(h))
+        lam = lam.clamp_min(0)
+        tol = h.shape[1] * torch.finfo(h.dtype).eps * (max(lam.max(), (h * h).mean(0).max()) + eps)
+        gain = torch.where(lam <= tol, torch.ones_like(lam), (lam + eps).rsqrt())
+        U = (E * gain) @ E.t()
+        W = self.V @ self.U
+        self.d += W @ (mu - self.mu)
+        self.V.copy_(W @ torch.linalg.inv(U))
+        self.U, self.mu = U, mu
+
+
+@pytest.mark.parametrize("batch", [5, 40])
+def test_cheaper_routes_follow_the_dense_eigh_trajectory(batch):
+    """Batch 5 below widths 12 and 10: the covariance's eigenpairs from a QR of the data
+    and U applied through its non-degenerate eigenvectors (2 r < n); batch 40: eigh and
+    dense U. Either way the same effective weights ``V U`` and the same function, after
+    refreshes at updates 0, 2, 4, 6 and 8, as the reference layer."""
+    model = mlp(sizes=(12, 10, 8, 3))
+    opt = NNN(model, lr=0.2, amortization=2, eps=1e-2)
+    ref_layers = [DenseWhitened(layer) for layer in opt.layers]
+    ref = nn.Sequential(ref_layers[0], nn.Sigmoid(), ref_layers[1], nn.Sigmoid(), ref_layers[2])
+    ref_params = [p for layer in ref_layers for p in (layer.V, layer.d)]
+    g = torch.Generator().manual_seed(7)
+    for update in range(9):
+        x = torch.randn(batch, 12, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 12) + 1
+        y = torch.randn(batch, 3, generator=g, dtype=torch.float64)
+        one_step(model, opt, x, y)
+        loss = ((ref(x) - y) ** 2).sum(1).mean()
+        grads = torch.autograd.grad(loss, ref_params)
+        with torch.no_grad():
+            for p, gp in zip(ref_params, grads):
+                p -= 0.2 * gp
+            if update % 2 == 0:
+                h = x
+                for i, layer in enumerate(ref_layers):
+                    layer.refresh(h, 1e-2)
+                    h = ref[2 * i:2 * i + 1](h)
+                    h = torch.sigmoid(h) if i < 2 else h
+    low_rank = [2 * layer._rank < layer.in_features for layer in opt.layers]
+    assert low_rank == ([True, True, False] if batch == 5 else [False, False, False])
+    probe = torch.randn(30, 12, generator=g, dtype=torch.float64)
+    assert_close(model(probe), ref(probe), atol=1e-11, rtol=1e-11)
+    for layer, r in zip(opt.layers, ref_layers):
+        assert_close(layer.U, r.U, atol=1e-11, rtol=0)
+        assert_close(layer.V @ layer.U, r.V @ r.U, atol=1e-11, rtol=1e-11)
+
+
 def whitened_inputs(model, opt, x):
     """Each layer's effective input ``U (h - mu)`` on ``x`` (collected under no_grad)."""
     hs = []
