@@ -75,3 +75,37 @@ def test_the_long_profile_uses_the_best_trials_of_the_stored_equal_budget_search
     for label, best in fig6.TUNED[task].items():
         stored = record["results"][label]["best"]
         assert best == stored, label  # exactly: the best trials can sit on the edge of stability
+
+
+def test_fig5_1_search_gives_every_method_the_same_budget_a_tenth_of_the_long_run():
+    from sokit.experiments import fig5
+
+    config = get("fig5_1_search").configs["long"]
+    assert list(config["methods"]) == list(fig5.SEARCHED)
+    assert config["updates"] * 10 >= fig5.LONG_UPDATES
+    seeds = {label: fig6_tuning.searcher_seed(config, label) for label in config["methods"]}
+    assert len(set(seeds.values())) == len(seeds)
+    for label in config["methods"]:
+        assert set(fig6_tuning.space(config, label).dims) == {"lr", "prescale"}, label
+
+
+def test_fig5_1_long_uses_the_stored_search_exactly(tmp_path, monkeypatch):
+    from sokit.experiments import fig5, is_current, load
+
+    record = load("fig5_1_search", "long")
+    if not fig5.TUNED:
+        assert record is None, "fig5_1_search is stored: copy its best trials into fig5.TUNED"
+        assert "long" not in get("fig5_1").configs
+        return
+    assert is_current("fig5_1_search", "long")
+    assert {label: r["best"] for label, r in record["results"].items()} == fig5.TUNED
+    methods = get("fig5_1").configs["long"]["methods"]
+    assert methods["SGD at UBP's learning rate"]["kwargs"]["lr"] == fig5.TUNED["UBP (Gauss-Newton)"]["lr"]
+
+
+def test_fig5_1_search_smoke_runs_ubp_trials(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOKIT_RESULTS", str(tmp_path))
+    record = load_or_run("fig5_1_search", "smoke")
+    assert list(record["results"]) == ["SGD", "UBP (Gauss-Newton)"]
+    ubp = record["results"]["UBP (Gauss-Newton)"]["history"]
+    assert len(ubp) == 2 and all(t["status"] in ("ok", "diverged") for t in ubp), ubp

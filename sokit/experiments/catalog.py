@@ -11,6 +11,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     searches.TABLE4_1,
     searches.FIG4_1,
     fig5.FIG5_1,
+    fig5.FIG5_1_SEARCH,
     fig6.fig6_1(),
     fig6.fig6_2(),
     fig6.fig6_3(),

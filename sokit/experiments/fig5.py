@@ -11,11 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import fig6_tuning
 from .experiment import Experiment
 from .methods import method
 from .runner import run_methods
 
 BATCH = 200
+#: the long profile's run, and the equal-budget search that tunes it (5 trials of a tenth of it)
+LONG_UPDATES = 3_000
+SEARCH_TRIALS, SEARCH_UPDATES = 5, 300
 
 #: learning rates (see NOTES)
 LR = {"sgd": 0.3, "ubp": 0.01}
@@ -43,6 +47,32 @@ def methods() -> dict[str, dict[str, Any]]:
     }
 
 
+#: the searched methods: SGD and the two UBP variants, learning rate and prescale searched
+SEARCHED = {
+    "SGD": method("sgd"),
+    "UBP (Gauss-Newton)": method("ubp", loss="mse", hessian="gn"),
+    "UBP (exact Hessian)": method("ubp", loss="mse", hessian="exact"),
+}
+
+#: the best trials of the stored ``fig5_1_search`` (long), copied exactly (a test checks them);
+#: empty while it is not stored, and then ``fig5_1`` has no long profile
+TUNED: dict[str, dict[str, float]] = {}
+
+
+def long_methods() -> dict[str, dict[str, Any]] | None:
+    """The long profile's specs from :data:`TUNED`, plus SGD at UBP's (Gauss-Newton) learning
+    rate, which separates the correction from the step size; None until TUNED is filled."""
+    if set(TUNED) != set(SEARCHED):
+        return None
+    specs = {}
+    for label, spec in SEARCHED.items():
+        best = dict(TUNED[label])
+        specs[label] = dict(spec, prescale=best.pop("prescale"), kwargs={**spec["kwargs"], **best})
+    ubp_lr = TUNED["UBP (Gauss-Newton)"]["lr"]
+    specs["SGD at UBP's learning rate"] = dict(specs["SGD"], kwargs={**specs["SGD"]["kwargs"], "lr": ubp_lr})
+    return specs
+
+
 def run(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
     """Train every method of ``config`` from the same initial weights; {label: train result}."""
     return run_methods(config, workdir, jobs)
@@ -50,19 +80,52 @@ def run(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> d
 
 BASE = {"dataset": "mnist", "model": "autoencoder", "loss": "mse", "seed": 0, "methods": methods()}
 
-FIG5_1 = Experiment(
-    "fig5_1",
-    "Figure 5.1: updated backpropagation (Gauss-Newton and exact curvature) vs SGD, MNIST autoencoder",
-    {
+
+def profiles() -> dict[str, dict[str, Any]]:
+    """smoke, quick and full with the hand-picked learning rates; long (3,000 updates) with
+    the equal-budget search's best trials once they are in :data:`TUNED`."""
+    configs = {
         # seconds on a CPU: 5 updates of minibatches of 20, losses on 200 examples
         "smoke": dict(BASE, batch_size=20, updates=5, eval_subset=200, n_evals=3),
-        # minutes on a 2-core CPU (a UBP update of batch 200 takes several seconds there)
+        # minutes on a 2-core CPU
         "quick": dict(BASE, batch_size=BATCH, updates=50, eval_subset=2000, n_evals=6),
         # the thesis's scale, for a GPU
         "full": dict(BASE, batch_size=BATCH, updates=300_000, eval_subset=None, n_evals=30),
-    },
+    }
+    tuned = long_methods()
+    if tuned is not None:
+        configs["long"] = dict(BASE, methods=tuned, batch_size=BATCH, updates=LONG_UPDATES, eval_subset=10_000,
+                               n_evals=30)
+    return configs
+
+
+FIG5_1 = Experiment(
+    "fig5_1",
+    "Figure 5.1: updated backpropagation (Gauss-Newton and exact curvature) vs SGD, MNIST autoencoder",
+    profiles(),
     run,
     notes="Quick profile: 50 updates of batch 200, losses on the first 2,000 training and test "
-          "images; full: 3e5 updates. " + NOTES,
+          "images; full: 3e5 updates. " + NOTES + " Long profile: 3,000 updates, losses on the first "
+          "10,000 images at 30 log-spaced points, learning rate and prescale of each method from the "
+          "equal-budget search fig5_1_search.",
+    resumable=True,
+)
+
+FIG5_1_SEARCH = Experiment(
+    "fig5_1_search",
+    f"Equal-budget biased random search of every fig5_1 method ({SEARCH_TRIALS} trials x "
+    f"{SEARCH_UPDATES:,} updates each)",
+    {profile: {"dataset": "mnist", "model": "autoencoder", "loss": "mse", "seed": 0, "batch_size": b,
+               "methods": methods_, "knobs": {}, "lr_range": fig6_tuning.LR_RANGE,
+               "prescale_range": fig6_tuning.PRESCALE_RANGE["autoencoder"], "searcher_seeds": "per_method",
+               "trials": trials, "updates": updates}
+     for profile, b, trials, updates, methods_ in (
+         ("smoke", 20, 2, 3, dict(list(SEARCHED.items())[:2])),
+         ("long", BATCH, SEARCH_TRIALS, SEARCH_UPDATES, SEARCHED))},
+    fig6_tuning.run_resumable,
+    notes=f"Every method gets the same budget, {SEARCH_TRIALS} trials of {SEARCH_UPDATES} updates (a tenth of "
+          f"the {LONG_UPDATES:,}-update runs they tune), over log lr and log prescale; each method's searcher "
+          "has its own seed; cost: mean of the last 20 minibatch losses. UBP's learning rate is searched in "
+          "the second-order range, SGD's in the first-order one.",
     resumable=True,
 )
