@@ -1,51 +1,83 @@
-"""Milliseconds per training step of each chapter-6 method against SGD.
+"""Milliseconds per training step of each chapter-6 method, against SGD, the matmul floor and ASDL's KFAC.
 
-The MNIST autoencoder (784-1000-500-250-30-250-500-1000-784), minibatch 200,
-amortization N = 100 (thesis section 6.5.2). A refresh (statistics and inverses) runs
-on updates 0, N, 2N, ...; to time it without running hundreds of steps, each method
-runs with a short refresh period ``k`` (``--refresh-every``), and its plain steps and
-refresh steps are timed separately. The per-step cost at N = 100 is then
+The MNIST autoencoder (784-1000-500-250-30-250-500-1000-784), minibatches of 200 real
+MNIST images (a different one every step, drawn as ``sokit.train`` draws them),
+amortization N = 100 (thesis section 6.5.2). Every contender runs in ONE interleaved
+run: ``--rounds`` R rounds, each of which runs every contender once, in a freshly
+shuffled order, as a block of ``k`` steps (``--refresh-every``). A contender that
+refreshes (statistics and inverses) does so on the first step of each block, so its
+refresh steps are interleaved with everyone's plain steps too; its cost at N = 100 is
 
-    amortized = plain + (refresh - plain) / 100        (medians)
+    amortized = plain + (refresh - plain) / 100
 
-Modes: eager everywhere; on CUDA also the step captured as a CUDA graph (the same
-capture as ``sokit.train``) for the optimizers ``sokit.train.can_capture`` accepts
-(there, refresh steps are not timed separately). ASDL's K-FAC (``pip install
-asdfghjkl``, imported as ``asdl``) runs as a peer in the same process when it imports;
-otherwise the reason is recorded.
+from the medians (and, apart, from the minima) of its plain and refresh steps. A burst
+of contention then lands on a few steps of every contender, not on one contender's block.
 
-    nice python benchmarks/step_overhead.py            # writes step_overhead_<device>.json/.md
+Contenders: sokit's ``train()`` step (``sokit.train``'s own step function: minibatch copy,
+forward, curvature pass, backward, update, loss bookkeeping) for SGD and every chapter-6
+method; a bare PyTorch SGD step (a plain ``nn.Sequential``, ``torch.optim.SGD``, an indexed
+minibatch); ASDL's K-FAC (``pip install asdfghjkl``, imported as ``asdl``; its reason is
+recorded when it does not import); and the matmul floor: the matrix products of one SGD
+step (forward, weight gradient, and input gradient below the first layer: 3.09 GFLOP at
+batch 200) run as bare ``torch.mm`` at those shapes, which also gives this machine's fp32
+matmul rate. On CUDA each step that ``sokit.train.can_capture`` accepts (and the floor)
+is a replayed CUDA graph, as ``sokit.train`` runs it; ``--eager`` turns that off.
+
+    nice python benchmarks/step_overhead.py [--rounds R] [--note TEXT]   # the measured run
+    python benchmarks/step_overhead.py --quick --out /tmp/x                # a smoke run, seconds
+
+Writes ``step_overhead_<device>.json`` and ``.md`` (in ``benchmarks/`` or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
-import platform
-import re
+import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import machine, result_file
+from torch import nn
 
-import sokit
-from sokit import losses
-from sokit.device import device_name
-from sokit.experiments import git_commit
+from sokit import data, models
 from sokit.experiments.fig6 import EPS, FIG6_1, FIG6_2, HPARAMS, methods_for
 from sokit.experiments.methods import build_model
+from sokit.experiments.provenance import now
+from sokit.graphs import WARMUP as GRAPH_WARMUP
 from sokit.graphs import CapturedStep
 from sokit.optim import build as build_optimizer
-from sokit.train import can_capture
+from sokit.train import _make_step, _Run, can_capture
 
-HERE = Path(__file__).resolve().parent
-BATCH, AMORTIZATION, WARMUP = 200, 100, 2
+BATCH, AMORTIZATION = 200, 100
+SGD, FLOOR, BARE, ASDL = "SGD", "matmul floor", "PyTorch SGD (bare)", "ASDL KFAC"
+
+#: label -> (bound on x SGD, whether it must be >= 2x faster than ASDL's KFAC)
+TARGETS: dict[str, tuple[float, bool]] = {
+    "ACP, fixed alpha": (1.3, True), "ACP, heuristic alpha": (1.3, True),
+    "KFAC (natural gradient)": (1.7, True), "KFAC (Gauss-Newton)": (1.7, True),
+    "Natural Neural Networks": (1.5, True),
+}
+FLOOR_TARGET = 1.25  # sokit's SGD step within this factor of the matmul floor
+
+
+@dataclass
+class Contender:
+    """One thing timed: ``step()`` runs one training step (or the floor's matmuls)."""
+
+    label: str
+    step: Callable[[], Any]
+    refreshes: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    plain: list[float] = field(default_factory=list)
+    refresh: list[float] = field(default_factory=list)
 
 
 def sync(device: torch.device) -> None:
@@ -53,120 +85,139 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sokit_step(model, optimizer, x: torch.Tensor) -> Callable[[], None]:
-    """One training step exactly as ``sokit.train`` runs it (autoencoder: target = input)."""
-    curvature_backward = getattr(optimizer, "curvature_backward", None)
+def layer_shapes() -> list[tuple[int, int]]:
+    """``(n_in, n_out)`` of each linear layer of the autoencoder."""
+    return [(m.in_features, m.out_features) for m in models.autoencoder() if isinstance(m, nn.Linear)]
+
+
+def floor_flops(batch: int = BATCH) -> int:
+    """FLOPs of one SGD step's matrix products: per layer the forward ``h W^T`` and the weight
+    gradient ``g^T h``, and the input gradient ``g W`` for every layer but the first."""
+    return sum(2 * batch * n_in * n_out * (3 if i else 2) for i, (n_in, n_out) in enumerate(layer_shapes()))
+
+
+def floor_step(device: torch.device) -> Callable[[], None]:
+    """The matrix products counted by :func:`floor_flops`, as bare ``torch.mm`` into fixed outputs."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    products = []
+    for i, (n_in, n_out) in enumerate(layer_shapes()):
+        h, w, d = (torch.rand(*s, generator=g).to(device) for s in ((BATCH, n_in), (n_out, n_in), (BATCH, n_out)))
+        products.append((h, w.t(), torch.empty(BATCH, n_out, device=device)))
+        products.append((d.t(), h, torch.empty(n_out, n_in, device=device)))
+        if i:
+            products.append((d, w, torch.empty(BATCH, n_in, device=device)))
 
     def step() -> None:
-        output = model(x)
-        value = losses.mse_sum(output, x)
-        if curvature_backward is not None:
-            curvature_backward(output)
-        optimizer.zero_grad()
-        value.backward()
-        optimizer.step()
+        for a, b, out in products:
+            torch.mm(a, b, out=out)
 
     return step
 
 
-def asdl_step(model, x: torch.Tensor, lr: float, every: int) -> Callable[[], None]:
-    """ASDL's K-FAC (Fisher with one sampled target, loss_type "mse") + torch SGD."""
+class Batches:
+    """Real MNIST minibatches into a fixed buffer ``x``, drawn as ``sokit.train`` draws them."""
+
+    def __init__(self, dataset: data.Dataset, seed: int) -> None:
+        self.train_x = dataset.train_x
+        self.sampler = data.Sampler(dataset.train_x, dataset.train_y, BATCH, seed)
+        self.x = torch.zeros(BATCH, dataset.train_x.shape[1], device=dataset.train_x.device)
+
+    def next(self) -> None:
+        torch.index_select(self.train_x, 0, self.sampler.next_indices(), out=self.x)
+
+
+def methods() -> dict[str, dict[str, Any]]:
+    """The fig6_1 and fig6_2 methods with the experiments' learning rates; KFAC for the
+    natural gradient (Fisher, sampled targets) and for Gauss-Newton (Rademacher probes)."""
+    specs = methods_for("autoencoder", {**FIG6_2, **FIG6_1})
+    specs["KFAC (natural gradient)"] = specs.pop("KFAC")
+    gn = copy.deepcopy(specs["KFAC (natural gradient)"])
+    gn["kwargs"]["curvature"] = "gauss_newton"
+    return {**specs, "KFAC (Gauss-Newton)": gn}
+
+
+def sokit_contender(label: str, spec: dict[str, Any], dataset: data.Dataset, device: torch.device,
+                    every: int, steps: int, graph: bool) -> Contender:
+    """sokit's training step of one method, on its own stream of real minibatches."""
+    spec = copy.deepcopy(spec)
+    refreshes = "amortization" in spec["kwargs"]
+    if refreshes:
+        spec["kwargs"]["amortization"] = every
+    torch.manual_seed(0)
+    model = build_model({"model": "autoencoder"}, spec).to(device)
+    optimizer = build_optimizer(spec["optimizer"], model, **spec["kwargs"])
+    batches = Batches(dataset, seed=0)
+    train_step = _make_step(model, optimizer, "mse", batches.x, batches.x, _Run(steps, device, torch.float32))
+    captured = graph and can_capture(optimizer, device)
+    inner = CapturedStep(train_step, device, prepare=optimizer.zero_grad) if captured else train_step
+
+    def step() -> None:
+        batches.next()
+        inner()
+
+    pre = getattr(optimizer, "preconditioner", None)
+    info = {"mode": "cuda_graph" if captured else "eager", "optimizer": type(optimizer).__name__,
+            "fused": getattr(pre, "fused", None)}
+    return Contender(label, step, refreshes, info)
+
+
+def bare_contender(dataset: data.Dataset, device: torch.device, graph: bool) -> Contender:
+    """A plain ``nn.Sequential`` autoencoder, ``torch.optim.SGD`` and an indexed minibatch."""
+    layers: list[nn.Module] = []
+    shapes = layer_shapes()
+    for i, (n_in, n_out) in enumerate(shapes):
+        layers.append(nn.Linear(n_in, n_out))
+        if i != len(shapes) // 2 - 1:  # the 30-unit code is linear
+            layers.append(nn.Sigmoid())
+    torch.manual_seed(0)
+    model = nn.Sequential(*layers).to(device)
+    sgd = torch.optim.SGD(model.parameters(), lr=HPARAMS["autoencoder"][SGD][0])
+    batches = Batches(dataset, seed=0)
+
+    def train_step() -> None:
+        loss = (model(batches.x) - batches.x).pow(2).sum(1).mean()
+        sgd.zero_grad()
+        loss.backward()
+        sgd.step()
+
+    captured = graph and device.type == "cuda"
+    inner = CapturedStep(train_step, device, prepare=sgd.zero_grad) if captured else train_step
+
+    def step() -> None:
+        batches.next()
+        inner()
+
+    return Contender(BARE, step, info={"mode": "cuda_graph" if captured else "eager"})
+
+
+def asdl_contender(dataset: data.Dataset, device: torch.device, every: int) -> Contender:
+    """ASDL's K-FAC (Fisher with one sampled target, loss_type "mse") + torch SGD, with KFAC's
+    learning rate and prescale; ``ImportError`` when ASDL is not installed."""
     import asdl
+
+    lr, prescale = HPARAMS["autoencoder"]["KFAC"]
+    torch.manual_seed(0)
+    model = models.autoencoder(prescale=prescale).to(device)
 
     def mse(output, target, reduction="mean"):
         per_example = (output - target).pow(2).sum(1)
         return per_example.mean() if reduction == "mean" else per_example.sum()
 
-    config = asdl.PreconditioningConfig(data_size=BATCH, damping=EPS,
-                                        preconditioner_upd_interval=every,
+    config = asdl.PreconditioningConfig(data_size=BATCH, damping=EPS, preconditioner_upd_interval=every,
                                         curvature_upd_interval=every)
     maker = asdl.KfacGradientMaker(model, config, fisher_type="fisher_mc", loss_type="mse")
     sgd = torch.optim.SGD(model.parameters(), lr=lr)
+    batches = Batches(dataset, seed=0)
 
     def step() -> None:
+        batches.next()
         sgd.zero_grad()
-        dummy = maker.setup_model_call(model, x)
-        maker.setup_loss_call(mse, dummy, x)
+        dummy = maker.setup_model_call(model, batches.x)
+        maker.setup_loss_call(mse, dummy, batches.x)
         maker.forward_and_backward()
         sgd.step()
 
-    return step
-
-
-def graph_step(step: Callable[[], None], optimizer, device: torch.device) -> Callable[[], None]:
-    """``step`` captured once as a CUDA graph, as ``sokit.train`` does (warm-up and capture done here)."""
-    captured = CapturedStep(step, device, prepare=optimizer.zero_grad)
-    while not captured.captured:
-        captured()
-    return captured
-
-
-def time_steps(step: Callable[[], None], device: torch.device, n: int,
-               every: int | None) -> dict[str, float]:
-    """Time ``n`` steps after the warm-up; steps ``0, every, 2 every, ...`` (counted from
-    the first call) are refresh steps. ``every=None``: no refresh."""
-    plain, refresh = [], []
-    for i in range(WARMUP + n):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        ms = 1e3 * (time.perf_counter() - t0)
-        if i >= WARMUP:
-            (refresh if every and i % every == 0 else plain).append(ms)
-    out = {"plain_ms": statistics.median(plain), "steps": n}
-    out["refresh_ms"] = statistics.median(refresh) if refresh else None
-    extra = (out["refresh_ms"] - out["plain_ms"]) / AMORTIZATION if refresh else 0.0
-    out["amortized_ms"] = out["plain_ms"] + extra
-    return out
-
-
-def methods() -> dict[str, dict[str, Any]]:
-    """The fig6_1 and fig6_2 methods (KFAC = Fisher, sampled targets) and KFAC for
-    Gauss-Newton (Rademacher probes), with the learning rates of the experiments."""
-    specs = methods_for("autoencoder", {**FIG6_2, **FIG6_1})
-    gn = copy.deepcopy(specs["KFAC"])
-    gn["kwargs"]["curvature"] = "gauss_newton"
-    return {**specs, "KFAC (Gauss-Newton)": gn}
-
-
-def run(device: torch.device, steps: int, every: int, only: list[str] | None) -> dict[str, Any]:
-    torch.manual_seed(0)
-    x = torch.rand(BATCH, 784, device=device)
-    config = {"model": "autoencoder"}
-    rows: dict[str, Any] = {}
-    for label, spec in methods().items():
-        if only and label not in only:
-            continue
-        torch.manual_seed(0)
-        model = build_model(config, spec).to(device)
-        refreshes = "amortization" in spec["kwargs"]
-        if refreshes:
-            spec["kwargs"]["amortization"] = every
-        try:
-            optimizer = build_optimizer(spec["optimizer"], model, **spec["kwargs"])
-        except (ImportError, AttributeError, TypeError) as e:
-            rows[label] = {"error": f"{type(e).__name__}: {e}"}
-            continue
-        step = sokit_step(model, optimizer, x)
-        rows[label] = {"eager": time_steps(step, device, steps, every if refreshes else None)}
-        if can_capture(optimizer, device):
-            replay = graph_step(step, optimizer, device)
-            rows[label]["cuda_graph"] = time_steps(replay, device, steps, None)
-        print(f"{label:28s} {rows[label]['eager']['amortized_ms']:9.2f} ms", flush=True)
-    if not only or "ASDL KFAC" in only:
-        torch.manual_seed(0)
-        model = build_model(config, {"norm": None, "prescale": HPARAMS["autoencoder"]["KFAC"][1]}).to(device)
-        try:
-            step = asdl_step(model, x, lr=HPARAMS["autoencoder"]["KFAC"][0], every=every)
-        except ImportError as e:
-            rows["ASDL KFAC"] = {"error": f"ImportError: {e} (pip install asdfghjkl)"}
-        else:
-            rows["ASDL KFAC"] = {"eager": time_steps(step, device, steps, every),
-                                 "asdl_version": _asdl_version()}
-            print(f"{'ASDL KFAC':28s} {rows['ASDL KFAC']['eager']['amortized_ms']:9.2f} ms",
-                  flush=True)
-    return rows
+    return Contender(ASDL, step, refreshes=True, info={"mode": "eager", "asdl_version": _asdl_version()})
 
 
 def _asdl_version() -> str:
@@ -178,64 +229,177 @@ def _asdl_version() -> str:
         return "unknown"
 
 
+def contenders(dataset: data.Dataset, device: torch.device, every: int, steps: int, graph: bool,
+               only: list[str] | None) -> tuple[list[Contender], dict[str, str]]:
+    """Everything to time, and {label: why it could not be built}."""
+    def wanted(label: str) -> bool:
+        return not only or label in only
+
+    out: list[Contender] = []
+    errors: dict[str, str] = {}
+    if wanted(FLOOR):
+        floor = floor_step(device)
+        captured = graph and device.type == "cuda"
+        out.append(Contender(FLOOR, CapturedStep(floor, device) if captured else floor,
+                             info={"mode": "cuda_graph" if captured else "eager", "flops": floor_flops()}))
+    if wanted(BARE):
+        out.append(bare_contender(dataset, device, graph))
+    for label, spec in methods().items():
+        if wanted(label):
+            out.append(sokit_contender(label, spec, dataset, device, every, steps, graph))
+    if wanted(ASDL):
+        try:
+            out.append(asdl_contender(dataset, device, every))
+        except ImportError as e:
+            errors[ASDL] = f"ImportError: {e} (pip install asdfghjkl)"
+    return out, errors
+
+
+def interleaved(items: list[Contender], device: torch.device, rounds: int, every: int, seed: int) -> list[list[str]]:
+    """Warm every contender up, then ``rounds`` rounds of one ``every``-step block each, in a
+    shuffled order per round; returns the orders. The first step of a block is a refresh
+    step for contenders that refresh (their step counts stay multiples of ``every``)."""
+    warmup = every * -(-(GRAPH_WARMUP + 1) // every)  # past a CUDA graph's capture, whole blocks
+    for c in items:
+        for _ in range(warmup):
+            c.step()
+    sync(device)
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(rounds):
+        order = rng.sample(items, len(items))
+        orders.append([c.label for c in order])
+        for c in order:
+            for j in range(every):
+                sync(device)
+                t0 = time.perf_counter()
+                c.step()
+                sync(device)
+                ms = 1e3 * (time.perf_counter() - t0)
+                (c.refresh if c.refreshes and j == 0 else c.plain).append(ms)
+    return orders
+
+
+def summary(c: Contender) -> dict[str, Any]:
+    """Median and minimum of plain and refresh steps, and both amortized at N = 100."""
+    out: dict[str, Any] = {**c.info, "plain_steps": len(c.plain), "refresh_steps": len(c.refresh)}
+    for stat, f in (("median", statistics.median), ("min", min)):
+        plain = f(c.plain)
+        refresh = f(c.refresh) if c.refresh else None
+        out[f"plain_{stat}_ms"] = plain
+        out[f"refresh_{stat}_ms"] = refresh
+        out[f"{stat}_ms"] = plain + ((refresh - plain) / AMORTIZATION if refresh is not None else 0.0)
+    return out
+
+
+def ratios(rows: dict[str, dict[str, Any]]) -> None:
+    """Add x SGD, x floor and x ASDL KFAC (medians) to every row, and the targets' verdicts."""
+    base = {name: rows[label]["median_ms"] for name, label in
+            (("sgd", SGD), ("floor", FLOOR), ("asdl", ASDL)) if label in rows}
+    for label, row in rows.items():
+        for name, ms in base.items():
+            row[f"x_{name}"] = row["median_ms"] / ms
+        checks = []
+        if label in TARGETS:
+            bound, vs_asdl = TARGETS[label]
+            if "x_sgd" in row:
+                checks.append((f"<= {bound}x SGD", row["x_sgd"] <= bound))
+            if vs_asdl and "x_asdl" in row:
+                checks.append(("<= 0.5x ASDL KFAC", row["x_asdl"] <= 0.5))
+        if label == SGD and "x_floor" in row:
+            checks.append((f"<= {FLOOR_TARGET}x floor", row["x_floor"] <= FLOOR_TARGET))
+        if checks:
+            row["target"] = "; ".join(text for text, _ in checks)
+            row["met"] = all(ok for _, ok in checks)
+
+
 def markdown(record: dict[str, Any]) -> str:
-    rows = record["methods"]
-    modes = [m for m in ("eager", "cuda_graph") if any(m in r for r in rows.values())]
-    sgd = {m: rows["SGD"][m]["amortized_ms"] for m in modes if m in rows.get("SGD", {})}
-    lines = [f"# Step cost per method, {record['device']}",
-             "",
-             f"MNIST autoencoder, batch {BATCH}; ms per step at amortization N = "
-             f"{AMORTIZATION}: plain step + (refresh step - plain step) / {AMORTIZATION} "
-             f"(medians of {record['steps']} timed steps, refresh every "
-             f"{record['refresh_every']} steps during timing). torch "
-             f"{record['torch_version']}, {record['cpu_threads']} threads, commit "
-             f"{record['commit'][:10]}, {record['started']}; 1-minute load average "
-             f"{record['load_average_1min'][0]} before, {record['load_average_1min'][1]} "
-             f"after. {record['note']}",
-             "",
-             "| method | mode | ms/step, N = 100 | x SGD | plain step ms | refresh step ms |",
-             "|---|---|---|---|---|---|"]
-    for label, r in rows.items():
-        if "error" in r:
-            lines.append(f"| {label} | - | not run: {r['error']} | | | |")
-            continue
-        for m in modes:
-            if m not in r:
-                continue
-            t = r[m]
-            ratio = f"{t['amortized_ms'] / sgd[m]:.2f}" if m in sgd else "-"
-            refresh = "-" if t["refresh_ms"] is None else f"{t['refresh_ms']:.1f}"
-            lines.append(f"| {label} | {m} | {t['amortized_ms']:.1f} | {ratio} | "
-                         f"{t['plain_ms']:.1f} | {refresh} |")
+    m, rows = record["machine"], record["methods"]
+    load = record["load_average"]
+    floor = rows.get(FLOOR)
+    rate = (f" This machine's fp32 matmul rate at those shapes: {floor['flops'] / floor['min_ms'] / 1e6:.0f} "
+            f"GFLOP/s (best) and {floor['flops'] / floor['median_ms'] / 1e6:.0f} GFLOP/s (median)." if floor else "")
+    lines = [
+        f"# Step cost per method, {m['device']}",
+        "",
+        f"MNIST autoencoder, real minibatches of {BATCH}; ms per step at amortization N = {AMORTIZATION}: "
+        f"plain + (refresh - plain) / {AMORTIZATION}. One interleaved run of {record['rounds']} round(s); each "
+        f"round runs every contender once, in a shuffled order, as a block of {record['refresh_every']} steps "
+        f"whose first step is a refresh step for methods that refresh. Ratios are of medians. The matmul "
+        f"floor is one SGD step's matrix products ({floor_flops() / 1e9:.2f} GFLOP) as bare torch.mm.{rate}",
+        "",
+        f"{m['cpu']} ({m['cpu_logical']} logical CPUs, {m['cpu_physical']} cores), {m['cpu_threads']} torch "
+        f"threads, device {m['device']} ({m['device_type']}); torch {m['torch_version']}, commit "
+        f"{m['commit'][:10]}{' (dirty tree)' if m['dirty'] else ''}, started {record['started']}, "
+        f"{record['wall_clock_s']:.0f} s. Load average (1, 5, 15 min) before {load['before']}, after "
+        f"{load['after']}.{(' ' + record['note']) if record['note'] else ''}",
+        "",
+        "| method | mode | ms/step (median) | ms/step (min) | x SGD | x floor | x ASDL KFAC | target | |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.2f}" if key in row else "-"
+
+    for label, row in rows.items():
+        met = "" if "met" not in row else ("met" if row["met"] else "**not met**")
+        lines.append(f"| {label} | {row['mode']} | {row['median_ms']:.2f} | {row['min_ms']:.2f} | "
+                     f"{ratio(row, 'x_sgd')} | {ratio(row, 'x_floor')} | {ratio(row, 'x_asdl')} | "
+                     f"{row.get('target', '')} | {met} |")
+    for label, why in record["not_run"].items():
+        lines.append(f"| {label} | - | not run: {why} | | | | | | |")
+    lines += ["", "Plain and refresh steps (medians, ms):", "",
+              "| method | plain | refresh | steps timed (plain + refresh) |", "|---|---|---|---|"]
+    for label, row in rows.items():
+        refresh = "-" if row["refresh_median_ms"] is None else f"{row['refresh_median_ms']:.1f}"
+        lines.append(f"| {label} | {row['plain_median_ms']:.2f} | {refresh} | "
+                     f"{row['plain_steps']} + {row['refresh_steps']} |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def run(device: torch.device, rounds: int, every: int, only: list[str] | None, graph: bool,
+        note: str, seed: int = 0) -> dict[str, Any]:
+    started, t0 = now(), time.perf_counter()
+    load_before = os.getloadavg()
+    dataset = data.load("mnist", device=device)
+    steps = every * (rounds + GRAPH_WARMUP + 2)
+    items, errors = contenders(dataset, device, every, steps, graph, only)
+    orders = interleaved(items, device, rounds, every, seed)
+    rows = {c.label: summary(c) for c in items}
+    ratios(rows)
+    return {"benchmark": "step_overhead", "started": started, "wall_clock_s": time.perf_counter() - t0,
+            "rounds": rounds, "refresh_every": every, "batch_size": BATCH, "amortization": AMORTIZATION,
+            "seed": seed, "note": note,
+            "load_average": {"before": [round(v, 2) for v in load_before],
+                             "after": [round(v, 2) for v in os.getloadavg()]},
+            "machine": machine(device), "methods": rows, "not_run": errors, "orders": orders}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
-    parser.add_argument("--refresh-every", type=int, default=5,
-                        help="refresh period while timing (refresh steps are timed apart)")
-    parser.add_argument("--note", default="", help="a remark stored with the table")
-    parser.add_argument("--only", nargs="*", help="method labels to run (default: all)")
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
+    parser.add_argument("--refresh-every", type=int, default=4,
+                        help="steps per block; the first of each block refreshes (default 4)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2-step blocks")
+    parser.add_argument("--eager", action="store_true", help="on CUDA, no CUDA graphs")
+    parser.add_argument("--only", nargs="*", help="labels to time (default: all)")
+    parser.add_argument("--note", default="", help="a remark stored with the table (e.g. what else ran)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the .json and .md (default benchmarks/)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.refresh_every = 1, 2
     device = torch.device(args.device)
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    load_before = os.getloadavg()
-    rows = run(device, args.steps, args.refresh_every, args.only)
-    load_after = os.getloadavg()
-    record = {"device": device_name(device), "device_type": device.type, "steps": args.steps,
-              "refresh_every": args.refresh_every, "note": args.note,
-              "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
-              "batch_size": BATCH, "amortization": AMORTIZATION, "started": started,
-              "commit": git_commit(), "sokit_version": sokit.__version__,
-              "torch_version": torch.__version__, "python_version": platform.python_version(),
-              "cpu_threads": torch.get_num_threads(), "methods": rows}
-    slug = re.sub(r"[^a-z0-9]+", "_", record["device"].lower()).strip("_")[:40]
-    (HERE / f"step_overhead_{slug}.json").write_text(json.dumps(record, indent=1) + "\n")
+    record = run(device, args.rounds, args.refresh_every, args.only, not args.eager, args.note)
+    path = result_file("step_overhead", device)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / path.name
+    path.write_text(json.dumps(record, indent=1) + "\n")
     table = markdown(record)
-    (HERE / f"step_overhead_{slug}.md").write_text(table)
+    path.with_suffix(".md").write_text(table)
     print(table)
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
 
 
 if __name__ == "__main__":
