@@ -10,6 +10,7 @@ from torch import nn
 from sokit import curvature as cv
 from sokit.optim import ACP, ACPPreconditioner
 from sokit.optim.acp import acp_direction, covariance
+from sokit.optim.factors import DenseInverse, SampleFactor, WoodburyInverse, factor_inverses
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -35,15 +36,29 @@ def dense_g_in_step(A, alpha, eps, grad_thesis, n_in):
     return torch.linalg.solve(G_in + eps * torch.diag(damp), grad_thesis)
 
 
+def exact_grad(m, loss_fn, x, y):
+    """The minibatch gradient by torch.func (the fused layers are plain under transforms)."""
+    theta = cv.flat_params(m)
+    return torch.func.grad(lambda t: loss_fn(cv._forward(m, x)(t), y))(theta)
+
+
+# (sizes, batch): dense inverses; Woodbury ones (batch 4 < n_in / 2 in both layers), with
+# the input-side association in the first layer (B < n_out) and the gradient side in the second
+SHAPES = {"dense": ((4, 5, 3), 8), "woodbury": ((12, 14, 3), 4)}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("alpha", [0.7, "heuristic"])
-def test_acp_equals_dense_inverse_of_g_in(alpha):
-    m = net()
-    x, y = torch.randn(8, 4), torch.randn(8, 3)
+def test_acp_equals_dense_inverse_of_g_in(alpha, shape, fused):
+    sizes, B = SHAPES[shape]
+    m = net(sizes=sizes)
+    x, y = torch.randn(B, sizes[0]), torch.randn(B, sizes[2])
     # independent alpha heuristic: per-example preactivation gradients by single backward
     alphas = []
     for layer in (m[0], m[2]):
         per = []
-        for i in range(8):
+        for i in range(B):
             a = torch.zeros(1, layer.out_features, requires_grad=True)
             handle = layer.register_forward_hook(lambda mod, inp, out: out + a)
             mse_sum(m(x[i : i + 1]), y[i : i + 1]).backward(inputs=[a])
@@ -51,15 +66,17 @@ def test_acp_equals_dense_inverse_of_g_in(alpha):
             per.append(a.grad[0])
         alphas.append(float(torch.stack(per).pow(2).max()) if alpha == "heuristic" else alpha)
     m.zero_grad()
-    pre = ACPPreconditioner(m, eps=0.05, alpha=alpha, amortization=1)
+    grad = exact_grad(m, mse_sum, x, y)
+    pre = ACPPreconditioner(m, eps=0.05, alpha=alpha, amortization=1, fused=fused)
     mse_sum(m(x), y).backward()
-    grad = cv.flat_grad(m)
     pre.precondition()
     step = cv.flat_grad(m)
+    form = WoodburyInverse if shape == "woodbury" else DenseInverse
+    assert all(isinstance(inv, form) for inv in pre.inverse_c.values())
     for layer, a in zip((m[0], m[2]), alphas):
         h = cv.layer_inputs(m, layer, x)
-        h1 = torch.cat([h, torch.ones(8, 1)], dim=1)
-        A = h1.T @ h1 / 8
+        h1 = torch.cat([h, torch.ones(B, 1)], dim=1)
+        A = h1.T @ h1 / B
         expect = dense_g_in_step(A, a, 0.05, cv.layer_vector(grad, m, layer, "thesis"),
                                  layer.in_features)
         torch.testing.assert_close(cv.layer_vector(step, m, layer, "thesis"), expect)
@@ -95,7 +112,7 @@ def test_local_criterion_closed_form_equals_acp_and_lstsq(batch):
     h = torch.rand(batch, n_in) + 0.5
     grads = torch.randn(batch, n_out)  # per-example nabla_a l
     g = grads / batch  # autograd's dl/da for a mean loss
-    inv_c = torch.linalg.inv(covariance(h) + eps / alpha * torch.eye(n_in))
+    inv_c = DenseInverse(torch.linalg.inv(covariance(h) + eps / alpha * torch.eye(n_in)))
     dW, db = acp_direction(g.T @ h, g.sum(0), h, g, inv_c, alpha)
     # ACP's step -lr (dW, db) is the local criterion with lr/alpha and eps/alpha
     cW, cb = local_criterion_closed_form(h, grads, lr / alpha, eps / alpha)
@@ -106,16 +123,67 @@ def test_local_criterion_closed_form_equals_acp_and_lstsq(batch):
     torch.testing.assert_close(cb, lb)
 
 
-def test_both_associations_agree_and_bias_options():
+class Spy:
+    """A damped inverse that records how many vectors each product applies it to."""
+
+    def __init__(self, inv):
+        self.inv, self.rows = inv, []
+        self.cost_per_row = inv.cost_per_row
+
+    def right(self, X):
+        self.rows.append(X.shape[0])
+        return self.inv.right(X)
+
+
+# (batch, n_in, n_out, fused, side the inverse is applied to); Woodbury when 2 batch < n_in.
+# fused: the inputs when batch < n_out; unfused: when B c + B n_in n_out < n_out c
+ASSOCIATIONS = [(2, 6, 7, True, "inputs"), (9, 6, 7, True, "gradient"),
+                (2, 30, 3, False, "gradient"), (2, 30, 300, False, "inputs"),
+                (2, 3, 300, False, "inputs"),
+                (3, 20, 9, True, "inputs"), (12, 20, 9, True, "gradient"),
+                (50, 6, 7, False, "gradient")]
+
+
+@pytest.mark.parametrize("batch, n_in, n_out, fused, side", ASSOCIATIONS)
+def test_each_association_and_form_gives_the_same_direction(batch, n_in, n_out, fused, side):
     torch.manual_seed(5)
-    for batch, n_in, n_out in [(2, 6, 7), (50, 6, 7)]:  # activation-first, gradient-first
-        h, g = torch.randn(batch, n_in), torch.randn(batch, n_out)
-        inv_c = torch.linalg.inv(covariance(h) + 0.1 * torch.eye(n_in))
-        dW, db = acp_direction(g.T @ h, g.sum(0), h, g, inv_c, 1.5)
-        torch.testing.assert_close(dW, g.T @ (h - h.mean(0)) @ inv_c / 1.5)
-        torch.testing.assert_close(db, g.sum(0) / 1.5 - dW @ h.mean(0))
-        _, plain = acp_direction(g.T @ h, g.sum(0), h, g, inv_c, 1.5, bias_correction=False)
-        torch.testing.assert_close(plain, g.sum(0) / 1.5)  # Algorithm 4 line 13
+    h, g = torch.randn(batch, n_in), torch.randn(batch, n_out)
+    (inv,) = factor_inverses([SampleFactor(h - h.mean(0))], [0.1])
+    assert isinstance(inv, WoodburyInverse if 2 * batch < n_in else DenseInverse)
+    spy = Spy(inv)
+    dW, db = acp_direction(None if fused else g.T @ h, g.sum(0), h, g, spy, 1.5)
+    assert spy.rows == [batch if side == "inputs" else n_out]
+    dense = torch.linalg.inv(covariance(h) + 0.1 * torch.eye(n_in))
+    torch.testing.assert_close(dW, g.T @ (h - h.mean(0)) @ dense / 1.5)
+    torch.testing.assert_close(db, g.sum(0) / 1.5 - dW @ h.mean(0))
+    _, plain = acp_direction(g.T @ h, g.sum(0), h, g, inv, 1.5, bias_correction=False)
+    torch.testing.assert_close(plain, g.sum(0) / 1.5)  # Algorithm 4 line 13
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_woodbury_applies_the_refresh_covariance_to_the_current_centered_inputs(fused):
+    """Between refreshes: C and eps/alpha of the refresh minibatch (heuristic alpha),
+    centering and 1/alpha of the current one, whatever the form of the inverse."""
+    m = net(6, sizes=(12, 14, 3))
+    xs, y = torch.rand(2, 4, 12) * 2, torch.randn(4, 3)
+    opt = ACP(m, lr=0.1, eps=0.05, alpha="heuristic", amortization=3, fused=fused)
+    opt.zero_grad()
+    mse_sum(m(xs[0]), y).backward()
+    alpha0 = opt.preconditioner.hooks.per_example(opt.preconditioner.layers[0]).pow(2).max()
+    opt.step()
+    assert isinstance(opt.preconditioner.inverse_c[0], WoodburyInverse)
+    grad = exact_grad(m, mse_sum, xs[1], y)
+    opt.preconditioner.hooks.clear()  # the hooks saw that pass too
+    opt.zero_grad()
+    mse_sum(m(xs[1]), y).backward()
+    rec = opt.preconditioner.layers[0]
+    alpha1 = opt.preconditioner.hooks.per_example(rec).pow(2).max()
+    opt.preconditioner.precondition()
+    gW, gb = cv.layer_vector(grad, m, m[0]).split([12 * 14, 14])
+    gW = gW.reshape(14, 12)
+    C0 = covariance(xs[0])
+    expect = (gW - torch.outer(gb, xs[1].mean(0))) @ torch.linalg.inv(C0 + 0.05 / alpha0 * torch.eye(12))
+    torch.testing.assert_close(m[0].weight.grad, expect / alpha1)
 
 
 def test_amortization_keeps_inverse_between_refreshes():
@@ -223,9 +291,6 @@ def test_acp_through_the_train_loop():
 
 
 
-from sokit.optim.linalg import damped_inverses  # noqa: E402
-
-
 @settings(max_examples=15, deadline=None)
 @given(batch=st.integers(1, 9), n_in=st.integers(1, 7), n_out=st.integers(1, 7),
        eps=st.floats(1e-3, 10.0), alpha=st.floats(0.1, 10.0), seed=st.integers(0, 10**6))
@@ -235,29 +300,36 @@ def test_property_acp_step_solves_the_local_criterion(batch, n_in, n_out, eps, a
     h = torch.randn(batch, n_in, generator=gen)
     grads = torch.randn(batch, n_out, generator=gen)
     g = grads / batch
-    (inv_c,) = damped_inverses([covariance(h)], [eps / alpha])
+    (inv_c,) = factor_inverses([SampleFactor(h - h.mean(0))], [eps / alpha])  # Woodbury if 2 batch < n_in
     dW, db = acp_direction(g.T @ h, g.sum(0), h, g, inv_c, alpha)
     lW, lb = local_criterion_lstsq(h, grads, 1.0 / alpha, eps / alpha)
     torch.testing.assert_close(-dW, lW, atol=1e-8, rtol=1e-6)
     torch.testing.assert_close(-db, lb, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("widths, batch", [((4, 9, 3, 2), 6), ((12, 14, 3, 2), 4)],
+                         ids=["dense", "woodbury"])
 @pytest.mark.parametrize("alpha, bias_correction", [(0.5, True), ("heuristic", False)])
-def test_fused_mode_equals_default_mode(alpha, bias_correction):
-    xs = torch.randn(7, 6, 4)
+def test_fused_mode_equals_unfused_mode(alpha, bias_correction, widths, batch):
+    """Seven updates, three refreshes; the wide layers (2 batch < n_in) by Woodbury."""
+    n0, n1, n2, n3 = widths
+    xs = torch.randn(7, batch, n0)
     models = []
     for fused in (False, True):
         torch.manual_seed(11)
-        m = nn.Sequential(nn.Linear(4, 9), nn.ReLU(inplace=True), nn.Linear(9, 3, bias=False),
-                          nn.Tanh(), nn.Linear(3, 2))
+        m = nn.Sequential(nn.Linear(n0, n1), nn.ReLU(inplace=True), nn.Linear(n1, n2, bias=False),
+                          nn.Tanh(), nn.Linear(n2, n3))
         opt = ACP(m, lr=0.1, eps=0.1, alpha=alpha, amortization=3,
                   bias_correction=bias_correction, fused=fused)
         for x in xs:
             opt.zero_grad()
-            mse_sum(m(x), x[:, :2]).backward()
+            mse_sum(m(x), x[:, :n3]).backward()
             opt.step()
         models.append(m)
         assert opt.preconditioner.schedule.refreshes == {0: 3, 1: 3, 2: 3}
+        inverses = opt.preconditioner.inverse_c
+        woodbury = [isinstance(inverses[i], WoodburyInverse) for i in range(3)]
+        assert woodbury == [2 * batch < n for n in (n0, n1, n2)]
     for p, q in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(p, q)
     opt.preconditioner.remove()

@@ -6,6 +6,7 @@ from torch import nn
 
 from sokit import curvature as cv
 from sokit.optim import KFAC, KFACPreconditioner
+from sokit.optim.factors import DenseInverse, SampleFactor, WoodburyInverse, factor_inverses
 from sokit.optim.kfac import factor_dampings, kfac_direction
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
@@ -26,11 +27,19 @@ def exact_g_factor(m, layer, x, D):
     return torch.einsum("bko,bkl,blp->op", Ja, D, Ja) / x.shape[0]
 
 
+def exact_grad(m, loss_fn, x, y):
+    """The minibatch gradient by torch.func (the fused layers are plain under transforms)."""
+    theta = cv.flat_params(m)
+    return torch.func.grad(lambda t: loss_fn(cv._forward(m, x)(t), y))(theta)
+
+
 def kfac_step(m, pre, x, y, loss_fn=mse_sum, loss="mse"):
+    """(gradient, KFAC direction) of one refresh update."""
+    grad = exact_grad(m, loss_fn, x, y)
+    pre.hooks.clear()  # the hooks saw that pass too
     out = m(x)
     pre.curvature_backward(out)
     loss_fn(out, y).backward()
-    grad = cv.flat_grad(m)
     pre.precondition()
     return grad, cv.flat_grad(m)
 
@@ -67,18 +76,19 @@ def test_per_example_gn_block_is_a_mean_of_kronecker_products():
     assert (torch.kron(A, G) - expect).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("split", ["pi", "plain"])
-def test_factored_inverse_equals_dense_kronecker_inverse(split):
+def test_factored_inverse_equals_dense_kronecker_inverse(split, fused):
     m = net(2)
     x, y = torch.randn(6, 4), torch.randn(6, 3)
     pre = KFACPreconditioner(m, loss="mse", curvature="gauss_newton", gn_probes="exact",
-                             damping=0.03, damping_split=split, amortization=1)
+                             damping=0.03, damping_split=split, amortization=1, fused=fused)
     grad, step = kfac_step(m, pre, x, y)
     for layer in (m[0], m[2]):
         A = torch.cat([cv.layer_inputs(m, layer, x), torch.ones(6, 1)], dim=1)
         A = A.T @ A / 6
         G = exact_g_factor(m, layer, x, 2 * torch.eye(3).expand(6, 3, 3))
-        dA, dG = factor_dampings(A, G, 0.03, split)
+        dA, dG = factor_dampings(A.diagonal().mean(), G.diagonal().mean(), 0.03, split)
         if split == "pi":
             pi = ((A.trace() / A.shape[0]) / (G.trace() / G.shape[0])).sqrt()
             torch.testing.assert_close(dA, pi * 0.03**0.5)
@@ -87,17 +97,85 @@ def test_factored_inverse_equals_dense_kronecker_inverse(split):
         torch.testing.assert_close(cv.layer_vector(step, m, layer, "thesis"), expect)
 
 
-def test_both_associations_agree():
+@pytest.mark.parametrize("loss, curvature", [("mse", "fisher"), ("mse", "gauss_newton"),
+                                             ("cross_entropy", "gauss_newton")])
+@pytest.mark.parametrize("fused", [False, True])
+def test_woodbury_step_equals_dense_kronecker_inverse(loss, curvature, fused):
+    """A batch of 4 under n / 2 for both factors of the first layer (13 rows [h 1], 14
+    outputs) and for A of the second: those inverses are Woodbury's, the step is still
+    (A kron G + damping)^-1 grad of the factors measured."""
+    m = net(3, sizes=(12, 14, 3))
+    x = torch.rand(4, 12)
+    y = torch.randn(4, 3) if loss == "mse" else torch.tensor([0, 2, 1, 2])
+    loss_fn = mse_sum if loss == "mse" else nn.functional.cross_entropy
+    pre = KFACPreconditioner(m, loss=loss, curvature=curvature, damping=0.03, amortization=1,
+                             fused=fused, seed=2)
+    grad, step = kfac_step(m, pre, x, y, loss_fn, loss)
+    assert [type(pre.inverse_a[i]) for i in (0, 1)] == [WoodburyInverse, WoodburyInverse]
+    assert [type(pre.inverse_g[i]) for i in (0, 1)] == [WoodburyInverse, DenseInverse]
+    h1 = torch.cat([x, torch.ones(4, 1)], dim=1)
+    torch.testing.assert_close(pre.A[0], h1.T @ h1 / 4)
+    for i, layer in enumerate((m[0], m[2])):
+        A, G = pre.A[i], pre.G[i]
+        dA, dG = factor_dampings(A.diagonal().mean(), G.diagonal().mean(), 0.03, "pi")
+        torch.testing.assert_close(pre.inv_a[i], torch.linalg.inv(A + dA * torch.eye(A.shape[0])))
+        dense = torch.kron(A + dA * torch.eye(A.shape[0]), G + dG * torch.eye(G.shape[0]))
+        expect = torch.linalg.solve(dense, cv.layer_vector(grad, m, layer, "thesis"))
+        torch.testing.assert_close(cv.layer_vector(step, m, layer, "thesis"), expect)
+
+
+class Spy:
+    """A damped inverse that records how many vectors each product applies it to."""
+
+    def __init__(self, inv):
+        self.inv, self.rows = inv, []
+        self.cost_per_row = inv.cost_per_row
+
+    def right(self, X):
+        self.rows.append(X.shape[0])
+        return self.inv.right(X)
+
+    def right_columns(self, X, cols):
+        self.rows.append(X.shape[0])
+        return self.inv.right_columns(X, cols)
+
+    def left(self, X):  # the columns of X, which may come in parts
+        self.rows.append(X.shape[1])
+        return self.inv.left(X)
+
+
+# (batch, n_in, n_out, fused, vectors G^-1 is applied to, vectors A^-1 is applied to):
+# fused, g G^-1 when batch < m = n_in + 1 and [h 1] A^-1 when batch < n_out; unfused, the
+# gradient's columns and rows unless the minibatch route is cheaper despite its product
+ASSOCIATIONS = [(2, 30, 40, True, "g", "h"), (5, 30, 3, True, "g", "X"),
+                (5, 2, 30, True, "X", "h"), (50, 3, 4, True, "X", "X"),
+                (50, 3, 4, False, "X", "X"), (2, 300, 400, False, "g", "h"),
+                (2, 30, 40, False, "g", "h")]
+
+
+@pytest.mark.parametrize("batch, n_in, n_out, fused, g_on, a_on", ASSOCIATIONS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_each_association_and_form_gives_the_same_direction(batch, n_in, n_out, fused, g_on, a_on,
+                                                            bias):
     torch.manual_seed(0)
-    for batch, n_in, n_out in [(2, 30, 40), (500, 3, 4)]:  # minibatch route, factored route
-        h, g = torch.randn(batch, n_in), torch.randn(batch, n_out)
-        inv_a = torch.linalg.inv(torch.cov(torch.randn(n_in + 1, 60)) + torch.eye(n_in + 1))
-        inv_g = torch.linalg.inv(torch.cov(torch.randn(n_out, 60)) + torch.eye(n_out))
-        h1 = torch.cat([h, torch.ones(batch, 1)], dim=1)
-        expect = inv_g @ (g.T @ h1) @ inv_a
-        torch.testing.assert_close(kfac_direction(g.T @ h, g.sum(0), h, g, inv_a, inv_g), expect)
-        nb = kfac_direction(g.T @ h, None, h, g, inv_a[:n_in, :n_in], inv_g)
-        torch.testing.assert_close(nb, inv_g @ (g.T @ h) @ inv_a[:n_in, :n_in])
+    h, g = torch.randn(batch, n_in), torch.randn(batch, n_out)
+    h1 = torch.cat([h, torch.ones(batch, 1)], dim=1) if bias else h
+    m = h1.shape[1]
+    rows_a, rows_g = torch.randn(3, m), torch.randn(3, n_out)  # Woodbury where 6 < n
+    inv_a, inv_g = factor_inverses([SampleFactor(rows_a), SampleFactor(rows_g)], [0.5, 0.2])
+    spy_a, spy_g = Spy(inv_a), Spy(inv_g)
+    gW, gb = g.T @ h, g.sum(0)
+    dW, db = kfac_direction(None if fused else gW, None if fused else gb, h, g, spy_a, spy_g, bias)
+    assert sum(spy_g.rows) == (batch if g_on == "g" else m)
+    assert spy_a.rows == [batch if a_on == "h" else n_out]
+    dense_a = torch.linalg.inv(rows_a.T @ rows_a / 3 + 0.5 * torch.eye(m))
+    dense_g = torch.linalg.inv(rows_g.T @ rows_g / 3 + 0.2 * torch.eye(n_out))
+    expect = dense_g @ (g.T @ h1) @ dense_a
+    torch.testing.assert_close(dW, expect[:, :n_in])
+    if bias:
+        torch.testing.assert_close(db, expect[:, n_in])
+    else:
+        assert db is None
 
 
 def test_gn_cross_entropy_factor_is_true_label_gradient_outer_product():
@@ -167,9 +245,9 @@ def test_curvature_backward_leaves_grad_untouched_and_is_required():
     assert all(p.grad is None for p in m.parameters())
     mse_sum(out, y).backward()
     pre.precondition()
-    out = m(x)  # no curvature pass on a refresh update
-    mse_sum(out, y).backward()
-    with pytest.raises(RuntimeError, match="curvature_backward"):
+    out = m(x)  # no curvature pass on a refresh update: the backward (fused) or the
+    with pytest.raises(RuntimeError, match="curvature_backward"):  # precondition raises
+        mse_sum(out, y).backward()
         pre.precondition()
 
 
@@ -296,26 +374,36 @@ def test_preconditioner_before_torch_optimizer_matches_kfac():
         torch.testing.assert_close(p, q)
 
 
+@pytest.mark.parametrize("widths, batch", [((4, 9, 3, 2), 6), ((12, 14, 3, 2), 4)],
+                         ids=["dense", "woodbury"])
 @pytest.mark.parametrize("loss, curvature", [("mse", "fisher"), ("cross_entropy", "gauss_newton"),
                                              ("cross_entropy", "fisher")])
-def test_fused_mode_equals_default_mode(loss, curvature):
-    xs = torch.randn(5, 6, 4)
-    labels = torch.randint(0, 2, (5, 6))
+def test_fused_mode_equals_unfused_mode(loss, curvature, widths, batch):
+    """Five updates, three refreshes; in the wide model both factors of the first layer
+    and A of the second by Woodbury."""
+    n0, n1, n2, n3 = widths
+    xs = torch.randn(5, batch, n0)
+    labels = torch.randint(0, 2, (5, batch))
     models = []
     for fused in (False, True):
         torch.manual_seed(12)
-        m = nn.Sequential(nn.Linear(4, 9), nn.ReLU(inplace=True), nn.Linear(9, 3, bias=False),
-                          nn.Tanh(), nn.Linear(3, 2))
+        m = nn.Sequential(nn.Linear(n0, n1), nn.ReLU(inplace=True), nn.Linear(n1, n2, bias=False),
+                          nn.Tanh(), nn.Linear(n2, n3))
         opt = KFAC(m, lr=0.1, loss=loss, curvature=curvature, damping=0.1, amortization=2,
                    seed=4, fused=fused)
         for x, y in zip(xs, labels):
             out = m(x)
             opt.curvature_backward(out)
             opt.zero_grad()
-            value = mse_sum(out, x[:, :2]) if loss == "mse" else nn.functional.cross_entropy(out, y)
+            value = mse_sum(out, x[:, :n3]) if loss == "mse" else nn.functional.cross_entropy(out, y)
             value.backward()
             opt.step()
         models.append(m)
-        assert opt.preconditioner.schedule.refreshes == {0: 3, 1: 3, 2: 3}
+        pre = opt.preconditioner
+        assert pre.schedule.refreshes == {0: 3, 1: 3, 2: 3}
+        assert [isinstance(pre.inverse_a[i], WoodburyInverse) for i in range(3)] == \
+            [2 * batch < n for n in (n0 + 1, n1, n2 + 1)]
+        assert [isinstance(pre.inverse_g[i], WoodburyInverse) for i in range(3)] == \
+            [2 * batch < n for n in (n1, n2, n3)]
     for p, q in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(p, q)

@@ -25,14 +25,25 @@ Choices, all options:
   heuristic alpha, the damping ``eps / alpha`` uses alpha of the refresh minibatch
   (the inverse is computed then, lines 6-7), the ``1 / alpha`` scale that of the
   current one (lines 13-14). The centering always uses the current minibatch mean.
-* The weight product is associated by cost: ``(W.grad - b.grad mean(h)^T) C^-1``
-  (``n_out n_in^2``) or ``g^T ((h - mean h) C^-1)`` (``B n_in (n_in + n_out)``),
-  whichever is cheaper for the layer's shape and batch.
-* ``fused=True``: each ``nn.Linear``'s backward computes the ACP direction in place
-  of its weight gradient (``g^T ((h - mean h) C^-1)`` replaces ``g^T h``), so the only
-  extra work per step is ``(h - mean h) C^-1``, ``B n_in^2``. After ``loss.backward()``
-  the layers' ``.grad`` then already hold the direction; :meth:`precondition` only
-  checks and counts. Same result as the default mode up to rounding.
+* ``(C + eps/alpha I)^-1`` is kept dense or, when the refresh minibatch has fewer than
+  ``n_in / 2`` examples, through the Woodbury identity from that minibatch's centered
+  inputs (:mod:`.factors`): ``C`` then has rank below ``B``, and applying it costs
+  ``2 B n_in`` per vector instead of ``n_in^2``. Both give the same step up to rounding.
+* The weight product is associated by cost, ``c`` being the inverse's cost per vector:
+  ``g^T ((h - mean h) C^-1)`` applies it to the ``B`` inputs, ``(g^T (h - mean h)) C^-1``
+  to the ``n_out`` rows of the centered gradient; with the gradient given (``fused=False``)
+  the first costs ``B c + B n_in n_out``, the second ``n_out c``; in fused mode both form
+  one ``B n_in n_out`` product and the first is used when ``B < n_out``.
+* ``fused=True`` (the default of :class:`ACP`; :class:`ACPPreconditioner`, whose
+  contract is to rewrite ``.grad``, defaults to ``False``): each ``nn.Linear``'s backward
+  computes the ACP direction in place of its weight gradient, so that gradient
+  (``g^T h``, ``B n_in n_out``) is never formed and thrown away; after ``loss.backward()``
+  the layers' ``.grad`` already hold the direction and :meth:`precondition` only checks
+  and counts. ``fused=False`` rewrites autograd's ``.grad`` afterwards; same result up to
+  rounding.
+* ``capturable=True``: the plain updates read and write fixed buffers with no host
+  synchronisation, so that a CUDA graph can replay them (see
+  :class:`~sokit.optim.base.LayerPreconditioner`; needs a fixed amortization).
 """
 
 from __future__ import annotations
@@ -43,9 +54,9 @@ import torch
 from torch import Tensor, nn
 
 from .amortization import AdaptiveAmortization, FixedAmortization
-from .base import LayerPreconditioner, PreconditionedSGD, clone_tensors
+from .base import LayerPreconditioner, PreconditionedSGD
+from .factors import DenseInverse, FactorInverse, SampleFactor, factor_inverses, inverse_from_state
 from .hooks import LayerRecord
-from .linalg import damped_inverses
 
 __all__ = ["ACPPreconditioner", "ACP", "acp_direction", "covariance"]
 
@@ -56,24 +67,26 @@ def covariance(h: Tensor) -> Tensor:
     return hc.T @ hc / h.shape[0]
 
 
-def acp_direction(gW: Tensor | None, gb: Tensor, h: Tensor, g: Tensor | None, inv_c: Tensor,
-                  alpha: Tensor | float, bias_correction: bool = True) -> tuple[Tensor, Tensor]:
+def acp_direction(gW: Tensor | None, gb: Tensor, h: Tensor, g: Tensor | None,
+                  inv_c: FactorInverse, alpha: Tensor | float,
+                  bias_correction: bool = True) -> tuple[Tensor, Tensor]:
     """The ACP direction ``(dW, db)``, the step being ``-lr (dW, db)`` (eqs 6.2.4-6.2.5).
 
-    ``gW = g^T h`` and ``gb = sum_i g_i`` are the minibatch gradients (mean loss),
-    ``h`` ``(B, n_in)`` the layer input, ``g`` ``(B, n_out)`` autograd's ``dl/da`` (only
-    read when the activation-first association is cheaper, or when ``gW`` is None),
-    ``inv_c`` the damped inverse covariance.
+    ``gW = g^T h`` and ``gb = sum_i g_i`` are the minibatch gradients (mean loss);
+    ``gW=None`` (fused mode) means the gradient is not formed. ``h`` ``(B, n_in)`` is the
+    layer input, ``g`` ``(B, n_out)`` autograd's ``dl/da`` (needed when ``gW`` is None;
+    with ``gW`` given, ``None`` keeps the gradient-side association), ``inv_c`` the
+    damped inverse covariance. Associated by cost (see the module docstring).
     """
     B, n_in = h.shape
     n_out = gb.shape[0]
     mean_h = h.mean(0)
-    if g is None or n_out * n_in <= B * (n_in + n_out):
-        gW = g.T @ h if gW is None else gW
-        dW = (gW - torch.outer(gb, mean_h)) @ inv_c
+    c, form = inv_c.cost_per_row, B * n_in * n_out
+    if g is not None and B * c + form < n_out * c + (form if gW is None else 0):
+        dW = (g / alpha).T @ inv_c.right(h - mean_h)
     else:
-        dW = g.T @ ((h - mean_h) @ inv_c)
-    dW = dW / alpha
+        gWc = g.T @ (h - mean_h) if gW is None else gW - torch.outer(gb, mean_h)
+        dW = inv_c.right(gWc) / alpha
     db = gb / alpha
     if bias_correction:
         db = db - dW @ mean_h
@@ -84,14 +97,16 @@ class ACPPreconditioner(LayerPreconditioner):
     """ACP as a preconditioner: :meth:`precondition` rewrites ``.grad`` in place.
 
     ``ACPPreconditioner(model, eps=1e-3, alpha=1.0, amortization=100,
-    bias_correction=True)``; see the module docstring for each option.
+    bias_correction=True, fused=False, capturable=False)``; see the module docstring for
+    each option. :attr:`inverse_c` holds each layer's ``(C + eps/alpha I)^-1``
+    (:mod:`.factors`), :attr:`inv_c` the same as matrices.
     """
 
     def __init__(self, model: nn.Module, eps: float = 1e-3, alpha: float | str = 1.0,
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  bias_correction: bool = True, alpha_floor: float = 1e-12,
                  skip_unsupported: bool = False, reduction: str = "mean",
-                 fused: bool = False) -> None:
+                 fused: bool = False, capturable: bool = False) -> None:
         if not eps > 0:
             raise ValueError(f"eps must be positive (Tikhonov damping keeps C + eps/alpha I "
                              f"invertible, section 6.3.2), got {eps!r}")
@@ -99,10 +114,15 @@ class ACPPreconditioner(LayerPreconditioner):
             raise ValueError(f"alpha must be a positive number or 'heuristic', got {alpha!r}")
         if not alpha_floor > 0:
             raise ValueError(f"alpha_floor must be positive, got {alpha_floor!r}")
-        super().__init__(model, amortization, skip_unsupported, reduction, fused)
+        super().__init__(model, amortization, skip_unsupported, reduction, fused, capturable)
         self.eps, self.alpha, self.alpha_floor = eps, alpha, alpha_floor
         self.bias_correction = bias_correction
-        self.inv_c: dict[int, Tensor] = {}
+        self.inverse_c: dict[int, FactorInverse] = {}
+
+    @property
+    def inv_c(self) -> dict[int, Tensor]:
+        """Each layer's ``(C + eps/alpha I)^-1`` as a matrix (formed for Woodbury layers)."""
+        return {i: inv.matrix() for i, inv in self.inverse_c.items()}
 
     def _alpha(self, per_example: Tensor) -> Tensor | float:
         if self.alpha == "heuristic":
@@ -113,10 +133,9 @@ class ACPPreconditioner(LayerPreconditioner):
         """The direction of layer ``i`` from inside its backward (``fused=True``)."""
         alpha = self._alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
         if self.schedule.due(self.n_updates, i, h):
-            (self.inv_c[i],) = damped_inverses([covariance(h)], [self.eps / alpha])
-            self.schedule.refreshed(self.n_updates, i, h)
+            self.refresh([(i, h, alpha)])
         self._fused_done.add(i)
-        return acp_direction(None, g.sum(0), h, g, self.inv_c[i], alpha, self.bias_correction)
+        return acp_direction(None, g.sum(0), h, g, self.inverse_c[i], alpha, self.bias_correction)
 
     def layer_alpha(self, rec: LayerRecord) -> Tensor | float:
         """Fixed alpha, or the max squared per-example preactivation gradient."""
@@ -124,15 +143,16 @@ class ACPPreconditioner(LayerPreconditioner):
             else float(self.alpha)
 
     @torch.no_grad()
-    def refresh(self, items: list[tuple[int, LayerRecord, Tensor | float]]) -> None:
-        """Recompute ``(C + eps/alpha I)^-1`` for the given layers (Algorithm 4 lines 5-7)."""
+    def refresh(self, items: list[tuple[int, Tensor, Tensor | float]]) -> None:
+        """Recompute ``(C + eps/alpha I)^-1`` of the given ``(layer, h, alpha)``
+        (Algorithm 4 lines 5-7), from the centered inputs ``h - mean h``."""
         if not items:
             return
-        covs = [covariance(rec.h) for _, rec, _ in items]
+        factors = [SampleFactor(h - h.mean(0)) for _, h, _ in items]
         damps = [self.eps / a for _, _, a in items]
-        for (i, rec, _), inv in zip(items, damped_inverses(covs, damps)):
-            self.inv_c[i] = inv
-            self.schedule.refreshed(self.n_updates, i, rec.h)
+        for (i, h, _), inv in zip(items, factor_inverses(factors, damps)):
+            self.keep(self.inverse_c, i, inv)
+            self.schedule.refreshed(self.n_updates, i, h)
 
     @torch.no_grad()
     def precondition(self) -> None:
@@ -141,30 +161,34 @@ class ACPPreconditioner(LayerPreconditioner):
             self.fused_finish(active)
             return
         alphas = {i: self.layer_alpha(rec) for i, rec in active}
-        self.refresh([(i, rec, alphas[i]) for i, rec in active
+        self.refresh([(i, rec.h, alphas[i]) for i, rec in active
                       if self.schedule.due(self.n_updates, i, rec.h)])
         for i, rec in active:
             gW, gb = self.grads(rec)
-            dW, db = acp_direction(gW, gb, rec.h, rec.g, self.inv_c[i], alphas[i],
+            dW, db = acp_direction(gW, gb, rec.h, rec.g, self.inverse_c[i], alphas[i],
                                    self.bias_correction)
             self.write(rec, dW, db)
         self.finish()
 
     def _state(self) -> dict[str, Any]:
         return {"eps": self.eps, "alpha": self.alpha, "alpha_floor": self.alpha_floor,
-                "bias_correction": self.bias_correction, "inv_c": clone_tensors(self.inv_c)}
+                "bias_correction": self.bias_correction,
+                "inverse_c": {i: inv.state_dict() for i, inv in self.inverse_c.items()}}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.eps, self.alpha = state["eps"], state["alpha"]
         self.alpha_floor, self.bias_correction = state["alpha_floor"], state["bias_correction"]
-        self.inv_c = clone_tensors(state["inv_c"])
+        if "inverse_c" in state:
+            self.inverse_c = {i: inverse_from_state(s) for i, s in state["inverse_c"].items()}
+        else:  # saved before the inverses had a form: dense matrices "inv_c"
+            self.inverse_c = {i: DenseInverse(inv.clone()) for i, inv in state["inv_c"].items()}
 
 
 class ACP(PreconditionedSGD):
     """ACP, Algorithm 4: ``ACP(model, lr, eps=1e-3, alpha=1.0, amortization=100, ...)``.
 
     Takes the step ``theta <- theta - lr * direction`` with the direction of
-    :class:`ACPPreconditioner` (whose arguments it accepts).
+    :class:`ACPPreconditioner` (whose arguments it accepts), fused by default.
     """
 
     def __init__(self, model: nn.Module, lr: float, eps: float = 1e-3,
@@ -172,6 +196,7 @@ class ACP(PreconditionedSGD):
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  bias_correction: bool = True, alpha_floor: float = 1e-12,
                  skip_unsupported: bool = False, reduction: str = "mean",
-                 fused: bool = False) -> None:
+                 fused: bool = True, capturable: bool = False) -> None:
         super().__init__(ACPPreconditioner(model, eps, alpha, amortization, bias_correction,
-                                           alpha_floor, skip_unsupported, reduction, fused), lr)
+                                           alpha_floor, skip_unsupported, reduction, fused,
+                                           capturable), lr)

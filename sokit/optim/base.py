@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .amortization import AdaptiveAmortization, FixedAmortization, as_schedule
+from .factors import FactorInverse
 from .hooks import LayerRecord, LinearHooks
 
 
@@ -51,17 +52,36 @@ class LayerPreconditioner:
     ``.grad`` directly, instead of the gradient ``g^T h`` that would be rewritten later:
     that saves the ``B n_in n_out`` weight-gradient product per layer and step. The
     layers' ``forward`` stays replaced until :meth:`remove` (save the model with its
-    ``state_dict``; do not pickle or deep-copy it while fused).
+    ``state_dict``; do not pickle or deep-copy it while fused). Any backward pass through
+    the model with gradients enabled then gives the direction, not the gradient (build
+    with ``fused=False`` to read gradients); ``torch.func`` transforms see plain layers.
+
+    ``capturable=True`` makes the plain updates (those that refresh nothing) replayable
+    from a CUDA graph: they read the inverses from fixed buffers that each refresh
+    overwrites in place (:meth:`keep`), count updates on the device too
+    (:attr:`device_updates`), and make no host synchronisation. The refreshes are decided
+    on the host from the update counter (:meth:`refresh_due`, so a fixed amortization is
+    required) and must run eagerly; after each replay the caller reports it with
+    :meth:`count_replayed_update`, the host bookkeeping the replayed Python did not do.
+    :class:`sokit.graphs.CapturedStep` does both. The CPU tests replay the recorded
+    operations of a plain update (``tests/test_capturable.py``); CUDA capture itself is
+    untested on hardware.
     """
 
     def __init__(self, model: nn.Module,
                  amortization: int | FixedAmortization | AdaptiveAmortization = 1,
                  skip_unsupported: bool = False, reduction: str = "mean",
-                 fused: bool = False) -> None:
+                 fused: bool = False, capturable: bool = False) -> None:
         self.model = model
         self.hooks = LinearHooks(model, skip_unsupported=skip_unsupported, reduction=reduction)
         self.schedule = as_schedule(amortization)
+        if capturable and not isinstance(self.schedule, FixedAmortization):
+            raise ValueError("capturable=True needs a fixed amortization (an int N or a "
+                             "FixedAmortization): an AdaptiveAmortization decides refreshes "
+                             "from tensor values, a host synchronisation at every check")
         self.n_updates = 0
+        self.capturable = capturable
+        self.device_updates: Tensor | None = None  # capturable: n_updates, on the device
         self.fused = fused
         self._fused_done: set[int] = set()
         if fused:
@@ -70,7 +90,9 @@ class LayerPreconditioner:
 
     def _fused_forward(self, index: int, module: nn.Linear):
         def forward(h: Tensor) -> Tensor:
-            if not torch.is_grad_enabled():
+            # plain under no_grad, and under torch.func transforms (sokit.curvature's
+            # exact quantities of a model with a fused optimizer attached stay exact)
+            if not torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None:
                 return F.linear(h, module.weight, module.bias)
             return _FusedLinear.apply(h, module.weight, module.bias, self, index)
 
@@ -107,15 +129,46 @@ class LayerPreconditioner:
 
     @staticmethod
     def write(rec: LayerRecord, dW: Tensor, db: Tensor) -> None:
-        """Replace the layer's gradients by the preconditioned direction."""
-        rec.module.weight.grad.copy_(dW)
+        """Make the preconditioned direction the layer's gradients (the tensors themselves,
+        not a copy into the old ``.grad``)."""
+        rec.module.weight.grad = dW
         if rec.module.bias is not None and rec.module.bias.grad is not None:
-            rec.module.bias.grad.copy_(db)
+            rec.module.bias.grad = db
+
+    def keep(self, table: dict[int, FactorInverse], i: int, new: FactorInverse) -> None:
+        """Store layer ``i``'s refreshed inverse: copied into its existing buffers when they
+        have the same layout (what a captured graph reads), else stored as new buffers
+        (refused in capturable mode after the first refresh)."""
+        old = table.get(i)
+        if old is not None and old.layout() == new.layout():
+            old.copy_(new)
+        elif old is not None and self.capturable:
+            raise RuntimeError(f"layer {self.layers[i].name!r}: capturable mode needs the same "
+                               "refresh minibatch size at every refresh (its inverse buffers "
+                               f"changed from {old.layout()} to {new.layout()})")
+        else:
+            table[i] = new
+
+    def refresh_due(self) -> bool:
+        """Whether the next update refreshes some layer (host-side; fixed amortization)."""
+        if not isinstance(self.schedule, FixedAmortization):
+            raise TypeError("refresh_due() is decided on the host for a fixed amortization only")
+        return any(self.schedule.due(self.n_updates, i, None) for i in range(len(self.layers)))
+
+    def count_replayed_update(self) -> None:
+        """Count one plain update replayed from a captured graph (its Python did not run)."""
+        self.n_updates += 1
 
     def precondition(self) -> None:
         raise NotImplementedError("a LayerPreconditioner subclass defines precondition()")
 
     def finish(self) -> None:
+        if self.capturable:
+            device = self.layers[0].module.weight.device
+            if self.device_updates is None or self.device_updates.device != device:
+                self.device_updates = torch.full((), self.n_updates, dtype=torch.long,
+                                                 device=device)
+            self.device_updates.add_(1)
         self.n_updates += 1
         self.hooks.clear()
 
@@ -126,11 +179,16 @@ class LayerPreconditioner:
         pass
 
     def state_dict(self) -> dict[str, Any]:
+        if self.device_updates is not None and int(self.device_updates) != self.n_updates:
+            raise RuntimeError(f"{int(self.device_updates)} updates ran on the device but "
+                               f"{self.n_updates} were counted on the host: report each "
+                               "replayed update with count_replayed_update()")
         return {"n_updates": self.n_updates, "schedule": self.schedule.state_dict(),
                 **self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.n_updates = state["n_updates"]
+        self.device_updates = None  # restarted from n_updates at the next update
         self.schedule.load_state_dict(state["schedule"])
         self._load_state(state)
 
@@ -141,10 +199,6 @@ class LayerPreconditioner:
             for rec in self.layers:
                 del rec.module.forward
             self.fused = False
-
-
-def clone_tensors(d: dict[int, Tensor]) -> dict[int, Tensor]:
-    return {k: v.detach().clone() for k, v in d.items()}
 
 
 class LearningRate:
@@ -166,28 +220,35 @@ class PreconditionedSGD(LearningRate, torch.optim.Optimizer):
     """``theta <- theta - lr * P(grad)``: a preconditioner followed by plain SGD.
 
     A ``torch.optim.Optimizer`` over the model's trainable parameters (one parameter
-    group, ``defaults = {"lr": lr}``), so learning-rate schedulers
+    group, ``defaults = {"lr": lr}``, with ``"capturable": True`` in capturable mode, the
+    flag :func:`sokit.train.can_capture` reads), so learning-rate schedulers
     (``torch.optim.lr_scheduler``), ``param_groups``, ``zero_grad`` and
     ``state_dict`` / ``load_state_dict`` work as for any torch optimizer; each step reads
-    its learning rate from ``param_groups``. Parameters outside the preconditioned
+    its learning rate from ``param_groups`` (a captured graph keeps the one of its
+    capture, as ``torch.optim.SGD`` does). Parameters outside the preconditioned
     ``nn.Linear`` layers (skipped layers) get the plain SGD step. The method's own
     object is :attr:`preconditioner`; KFAC's also adds ``curvature_backward`` and
-    ``loss`` (the loss it was built for).
+    ``loss`` (the loss it was built for). ``refresh_due`` and ``count_replayed_update``
+    are the preconditioner's (see :class:`LayerPreconditioner`, ``capturable``).
 
     ``step(closure)`` evaluates the closure (forward, ``zero_grad``, backward; for KFAC
     also ``curvature_backward(output)`` before the backward) with gradients enabled,
-    then preconditions and steps, and returns the closure's loss.
-    ``state_dict()`` is torch's (``state``, ``param_groups``) plus ``"preconditioner"``,
-    the preconditioner's state (statistics, inverses, schedule, counters): tensors and
-    plain values only, so it loads with ``torch.load(weights_only=True)``.
+    then preconditions and steps (one ``torch._foreach_add_`` per group), and returns
+    the closure's loss. ``state_dict()`` is torch's (``state``, ``param_groups``) plus
+    ``"preconditioner"``, the preconditioner's state (statistics, inverses, schedule,
+    counters): tensors and plain values only, so it loads with
+    ``torch.load(weights_only=True)``.
     """
 
     def __init__(self, preconditioner: LayerPreconditioner, lr: float) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
         params = [p for p in preconditioner.model.parameters() if p.requires_grad]
-        super().__init__(params, {"lr": lr})
+        capturable = {"capturable": True} if preconditioner.capturable else {}
+        super().__init__(params, {"lr": lr, **capturable})
         self.preconditioner = preconditioner
+        self.refresh_due = preconditioner.refresh_due
+        self.count_replayed_update = preconditioner.count_replayed_update
         if hasattr(preconditioner, "curvature_backward"):
             self.curvature_backward = preconditioner.curvature_backward
         if hasattr(preconditioner, "loss"):
@@ -205,10 +266,9 @@ class PreconditionedSGD(LearningRate, torch.optim.Optimizer):
         with torch.no_grad():
             self.preconditioner.precondition()
             for group in self.param_groups:
-                lr = group["lr"]
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.add_(p.grad, alpha=-lr)
+                params = [p for p in group["params"] if p.grad is not None]
+                if params:
+                    torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
         return loss
 
     def state_dict(self) -> dict[str, Any]:

@@ -22,11 +22,20 @@ __all__ = ["CenteredPreconditioner", "CenteredGD"]
 
 
 class CenteredPreconditioner(LayerPreconditioner):
-    """Rewrites each ``nn.Linear``'s ``weight.grad`` as the centered gradient (Algorithm 3)."""
+    """Rewrites each ``nn.Linear``'s ``weight.grad`` as the centered gradient (Algorithm 3).
+
+    It has no statistics to refresh, so every update is plain: ``capturable=True`` only
+    adds the device-side update count that a CUDA graph replay needs (see
+    :class:`~sokit.optim.base.LayerPreconditioner`)."""
 
     def __init__(self, model: nn.Module, skip_unsupported: bool = False,
-                 reduction: str = "mean") -> None:
-        super().__init__(model, 1, skip_unsupported, reduction)
+                 reduction: str = "mean", capturable: bool = False) -> None:
+        super().__init__(model, 1, skip_unsupported, reduction, fused=False,
+                         capturable=capturable)
+
+    def refresh_due(self) -> bool:
+        """Never: centered GD keeps no statistics."""
+        return False
 
     @torch.no_grad()
     def precondition(self) -> None:
@@ -40,5 +49,5 @@ class CenteredGD(PreconditionedSGD):
     """Centered gradient descent, Algorithm 3: ``CenteredGD(model, lr)``."""
 
     def __init__(self, model: nn.Module, lr: float, skip_unsupported: bool = False,
-                 reduction: str = "mean") -> None:
-        super().__init__(CenteredPreconditioner(model, skip_unsupported, reduction), lr)
+                 reduction: str = "mean", capturable: bool = False) -> None:
+        super().__init__(CenteredPreconditioner(model, skip_unsupported, reduction, capturable), lr)

@@ -33,10 +33,26 @@ floored at 1e-12 so a dead layer stays finite); ``damping="plain"``: ``A + sqrt(
 and ``G + sqrt(gamma) I``. Factors are estimated from the current minibatch and
 inverted (batched Cholesky) every ``amortization`` updates, as in the thesis's
 experiments (section 6.5.2); there is no running average. Both factors are means over
-the examples (per-example gradients, whatever the loss's ``reduction``).
+the examples (per-example gradients, whatever the loss's ``reduction``), so a factor of
+``n`` rows measured on ``R < n / 2`` samples (the ``R = B`` rows ``[h 1]`` for ``A``; for
+``G`` the ``B`` back-propagated probes, or ``B`` true-label gradients) is inverted
+through the Woodbury identity from those samples (:mod:`.factors`): ``A`` and ``G`` then
+have rank at most ``R``, and applying the inverse costs ``2 R n`` per vector instead of
+``n^2``. KFAC's exact Gauss-Newton probes (one batch per output) are too many samples:
+that ``G`` stays dense.
 
-``fused=True``: the layers' backward computes ``(g G^-1)^T ([h 1] A^-1)`` in place
-of their weight gradient (see :class:`~sokit.optim.base.LayerPreconditioner`).
+Association: ``G^-1`` is applied either to the ``B`` rows of ``g`` or to the ``m``
+columns of the gradient (``m = n_in + 1``), ``A^-1`` to the ``B`` rows ``[h 1]`` or to the
+``n_out`` rows of the gradient, whichever is cheaper (:func:`kfac_direction`); in fused
+mode that is ``g G^-1`` when ``B < m`` and ``[h 1] A^-1`` when ``B < n_out``.
+
+``fused=True`` (the default of :class:`KFAC`; :class:`KFACPreconditioner`, whose contract
+is to rewrite ``.grad``, defaults to ``False``): the layers' backward computes the
+direction in place of their weight gradient (see
+:class:`~sokit.optim.base.LayerPreconditioner`); ``fused=False`` rewrites ``.grad``
+after the backward; same step up to rounding. ``capturable=True``: the
+plain updates can be replayed from a CUDA graph (fixed amortization; see
+:class:`~sokit.optim.base.LayerPreconditioner`).
 
 Extra backward pass: the train loop calls :meth:`KFACPreconditioner.curvature_backward`
 ``(output, loss)`` after the forward pass and before ``loss.backward()``; on refresh
@@ -52,9 +68,16 @@ import torch
 from torch import Tensor, nn
 
 from .amortization import AdaptiveAmortization, FixedAmortization
-from .base import LayerPreconditioner, PreconditionedSGD, clone_tensors
+from .base import LayerPreconditioner, PreconditionedSGD
+from .factors import (
+    DenseInverse,
+    FactorInverse,
+    SampleFactor,
+    factor_inverses,
+    inverse_from_state,
+    uses_woodbury,
+)
 from .hooks import LayerRecord
-from .linalg import damped_inverses
 
 __all__ = ["KFACPreconditioner", "KFAC", "input_factor", "factor_dampings", "kfac_direction"]
 
@@ -62,52 +85,75 @@ LOSSES = ("mse", "cross_entropy")
 CURVATURES = ("fisher", "gauss_newton")
 
 
-def input_factor(h: Tensor, bias: bool = True) -> Tensor:
-    """``A = E[(h; 1)(h; 1)^T]`` (or ``E[h h^T]`` for a layer without bias)."""
+def input_factor(h: Tensor, bias: bool = True) -> SampleFactor:
+    """``A = E[(h; 1)(h; 1)^T]`` (or ``E[h h^T]`` for a layer without bias), by its samples."""
     if bias:
         h = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
-    return h.T @ h / h.shape[0]
+    return SampleFactor(h)
 
 
-def factor_dampings(A: Tensor, G: Tensor, gamma: float, damping: str) -> tuple[Tensor, Tensor]:
-    """The damping added to ``A`` and to ``G`` for a total Tikhonov ``gamma``."""
+def factor_dampings(mean_diag_a: Tensor, mean_diag_g: Tensor, gamma: float,
+                    damping: str) -> tuple[Tensor, Tensor]:
+    """The damping added to ``A`` and to ``G`` for a total Tikhonov ``gamma``, from their
+    mean diagonals ``tr A / dim A`` and ``tr G / dim G`` (the pi split)."""
     root = math.sqrt(gamma)
     if damping == "plain":
-        one = torch.ones((), dtype=A.dtype, device=A.device)
+        one = torch.ones((), dtype=mean_diag_a.dtype, device=mean_diag_a.device)
         return root * one, root * one
-    tA = (torch.diagonal(A).sum() / A.shape[0]).clamp_min(1e-12)
-    tG = (torch.diagonal(G).sum() / G.shape[0]).clamp_min(1e-12)
-    pi = torch.sqrt(tA / tG)
+    pi = torch.sqrt(mean_diag_a.clamp_min(1e-12) / mean_diag_g.clamp_min(1e-12))
     return pi * root, root / pi
 
 
-def kfac_direction(gW: Tensor | None, gb: Tensor | None, h: Tensor, g: Tensor | None,
-                   inv_a: Tensor, inv_g: Tensor) -> Tensor:
-    """``G^-1 [gW gb] A^-1``, i.e. ``(A kron G)^-1 vec([gW gb])``; shape ``(n_out, m)``.
+def kfac_direction(gW: Tensor | None, gb: Tensor | None, h: Tensor, g: Tensor,
+                   inv_a: FactorInverse, inv_g: FactorInverse,
+                   bias: bool) -> tuple[Tensor, Tensor | None]:
+    """``G^-1 [gW gb] A^-1``, i.e. ``(A kron G)^-1 vec([gW gb])``, as ``(dW, db)``.
 
-    Associated by cost: ``(G^-1 X) A^-1`` costs ``n_out m (n_out + m)`` with ``m`` the
-    columns of ``X = [gW gb] = g^T [h 1]``; through the minibatch,
-    ``(g G^-1)^T ([h 1] A^-1)`` costs ``B (n_out^2 + m^2 + n_out m)``, which is
-    cheaper for wide layers and small batches. ``gW=None`` (fused mode) means the
-    gradient is not formed yet (``gb`` is then only a flag for the bias column).
+    ``G^-1`` (cost ``cG`` per vector) is applied to the ``B`` rows of ``g`` or to the ``m``
+    columns of ``X = [gW gb] = g^T [h 1]``, ``A^-1`` (``cA``) to the ``B`` rows ``[h 1]`` or
+    to the ``n_out`` rows of ``X``: the four associations cost ``(B or m) cG + (B or n_out)
+    cA``, plus ``B n_out m`` for the product over the minibatch, which only the one
+    applying both factors to a given ``X`` avoids. ``gW=None`` (fused mode): ``X`` is not
+    formed, every association pays that product. ``bias=False``: a layer without bias
+    (``A`` over ``h`` alone, ``db`` None).
     """
-    n_out, m = inv_g.shape[0], inv_a.shape[0]
-    B = h.shape[0]
-    h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=1) if gb is not None else h
-    factored = n_out * m * (n_out + m) + (B * n_out * m if gW is None else 0)
-    if g is not None and B * (n_out * n_out + m * m + n_out * m) < factored:
-        return (g @ inv_g).T @ (h1 @ inv_a)
-    X = g.T @ h1 if gW is None else torch.cat([gW, gb[:, None]], dim=1) if gb is not None else gW
-    return inv_g @ X @ inv_a
+    B, n_in = h.shape
+    n_out, m = g.shape[1], n_in + bias
+    cA, cG, form = inv_a.cost_per_row, inv_g.cost_per_row, B * n_out * m
+    costs = {(False, False): m * cG + n_out * cA + (form if gW is None else 0),
+             (True, False): B * cG + n_out * cA + form,
+             (False, True): m * cG + B * cA + form,
+             (True, True): B * cG + B * cA + form}
+    g_side, h_side = min(costs, key=costs.get)
+    h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=1) if bias else h
+    L = inv_g.right(g) if g_side else g
+    cols = [slice(0, n_in), slice(n_in, m)] if bias else [slice(0, n_in)]
+    if h_side:
+        Rh = inv_a.right(h1)
+        parts = [L.T @ Rh[:, c] for c in cols]
+        if not g_side:
+            parts = [inv_g.left(p) for p in parts]
+    else:
+        if g_side or gW is None:
+            X = L.T @ h1
+        else:
+            X = torch.cat([gW, gb[:, None]], dim=1) if bias else gW
+        if not g_side:
+            X = inv_g.left(X)
+        parts = inv_a.right_columns(X, cols)
+    return parts[0], (parts[1][:, 0] if bias else None)
 
 
 class KFACPreconditioner(LayerPreconditioner):
     """KFAC as a preconditioner: :meth:`precondition` rewrites ``.grad`` in place.
 
     ``KFACPreconditioner(model, loss, curvature="fisher", damping=1e-3,
-    damping_split="pi", amortization=100, gn_probes="rademacher", seed=0)``. ``loss`` is
-    the training loss, given once here ("mse" or "cross_entropy", see :mod:`sokit.losses`):
-    it decides the probes of :meth:`curvature_backward`.
+    damping_split="pi", amortization=100, gn_probes="rademacher", seed=0, fused=False,
+    capturable=False)``. ``loss`` is the training loss, given once here ("mse" or
+    "cross_entropy", see :mod:`sokit.losses`): it decides the probes of
+    :meth:`curvature_backward`. :attr:`inverse_a` and :attr:`inverse_g` hold each
+    layer's damped factor inverses (:mod:`.factors`); :attr:`A`, :attr:`G`,
+    :attr:`inv_a`, :attr:`inv_g` show the undamped factors and the inverses as matrices.
     """
 
     def __init__(self, model: nn.Module, loss: str, curvature: str = "fisher",
@@ -115,7 +161,7 @@ class KFACPreconditioner(LayerPreconditioner):
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  gn_probes: str = "rademacher", seed: int = 0,
                  skip_unsupported: bool = False, reduction: str = "mean",
-                 fused: bool = False) -> None:
+                 fused: bool = False, capturable: bool = False) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if curvature not in CURVATURES:
@@ -127,18 +173,36 @@ class KFACPreconditioner(LayerPreconditioner):
             raise ValueError(f"damping_split must be 'pi' or 'plain', got {damping_split!r}")
         if gn_probes not in ("rademacher", "exact"):
             raise ValueError(f"gn_probes must be 'rademacher' or 'exact', got {gn_probes!r}")
-        super().__init__(model, amortization, skip_unsupported, reduction, fused)
+        super().__init__(model, amortization, skip_unsupported, reduction, fused, capturable)
         self.loss, self.curvature, self.damping = loss, curvature, damping
         self.damping_split, self.gn_probes, self.seed = damping_split, gn_probes, seed
         self.generator: torch.Generator | None = None
-        self.A: dict[int, Tensor] = {}  # undamped factors of the last refresh
-        self.G: dict[int, Tensor] = {}
-        self.inv_a: dict[int, Tensor] = {}  # damped inverses
-        self.inv_g: dict[int, Tensor] = {}
+        self.inverse_a: dict[int, FactorInverse] = {}  # damped inverses of the last refresh
+        self.inverse_g: dict[int, FactorInverse] = {}
         self._plan: list[int] | None = None
         self._probed = False
-        self._g_sums: dict[int, Tensor] = {}
+        self._g_factors: dict[int, SampleFactor] = {}
         self._fresh: set[int] = set()
+
+    @property
+    def A(self) -> dict[int, Tensor]:
+        """Each layer's undamped ``A`` of the last refresh."""
+        return {i: inv.factor() for i, inv in self.inverse_a.items()}
+
+    @property
+    def G(self) -> dict[int, Tensor]:
+        """Each layer's undamped ``G`` of the last refresh."""
+        return {i: inv.factor() for i, inv in self.inverse_g.items()}
+
+    @property
+    def inv_a(self) -> dict[int, Tensor]:
+        """Each layer's damped ``A^-1`` as a matrix."""
+        return {i: inv.matrix() for i, inv in self.inverse_a.items()}
+
+    @property
+    def inv_g(self) -> dict[int, Tensor]:
+        """Each layer's damped ``G^-1`` as a matrix."""
+        return {i: inv.matrix() for i, inv in self.inverse_g.items()}
 
     @property
     def uses_main_gradient(self) -> bool:
@@ -183,7 +247,9 @@ class KFACPreconditioner(LayerPreconditioner):
     def curvature_backward(self, output: Tensor) -> None:
         """Back-propagate the probes on refresh updates; leaves ``.grad`` untouched.
 
-        Call it after the forward pass and before ``loss.backward()``."""
+        Call it after the forward pass and before ``loss.backward()``. Each layer's ``G``
+        keeps the probes' gradients as samples where it will be inverted by Woodbury,
+        else their sum of outer products."""
         if output.dim() != 2:
             raise ValueError(f"KFAC expects a (batch, outputs) network output, got shape "
                              f"{tuple(output.shape)}")
@@ -191,31 +257,40 @@ class KFACPreconditioner(LayerPreconditioner):
         if not due or self.uses_main_gradient:
             return
         weights = [self.layers[i].module.weight for i in due]
+        probes = self.probes(output)
+        B = output.shape[0]
+        keep = {i: uses_woodbury(len(probes) * B, self.layers[i].module.out_features)
+                for i in due}
+        seen: dict[int, list[Tensor]] = {i: [] for i in due}
         sums: dict[int, Tensor] = {}
         with self.hooks.curvature_pass():
-            for v in self.probes(output):
+            for v in probes:
                 torch.autograd.grad(output, weights, grad_outputs=v, retain_graph=True)
                 for i in due:
                     gc = self.layers[i].g_curvature
-                    sums[i] = sums.get(i, 0) + gc.T @ gc
-        self._g_sums = {i: s / output.shape[0] for i, s in sums.items()}
+                    if keep[i]:
+                        seen[i].append(gc)
+                    else:
+                        sums[i] = sums.get(i, 0) + gc.T @ gc
+        self._g_factors = {i: SampleFactor(torch.cat(seen[i]), count=B) if keep[i]
+                           else SampleFactor(matrix=sums[i] / B) for i in due}
         self._probed = True
 
-    def backward_factor(self, i: int, rec: LayerRecord) -> Tensor:
+    def backward_factor(self, i: int, rec: LayerRecord) -> SampleFactor:
+        """``G`` of layer ``i`` at this refresh update."""
         if self.uses_main_gradient:
-            g = self.hooks.per_example(rec)
-            return g.T @ g / g.shape[0]
+            return SampleFactor(self.hooks.per_example(rec))
         if not self._probed:
             raise RuntimeError(
                 "KFAC needs its curvature pass on refresh updates: call "
                 "curvature_backward(output) after the forward pass and before "
                 "loss.backward() (sokit.train.train does this)"
             )
-        return self._g_sums[i]
+        return self._g_factors[i]
 
     @torch.no_grad()
     def refresh(self, due: list[int]) -> None:
-        """Recompute the damped factor inverses of the given layers."""
+        """Recompute the damped factor inverses of the given layers (one batched inversion)."""
         if not due:
             return
         As, Gs, dA, dG = [], [], [], []
@@ -223,11 +298,13 @@ class KFACPreconditioner(LayerPreconditioner):
             rec = self.layers[i]
             A = input_factor(rec.h, rec.module.bias is not None)
             G = self.backward_factor(i, rec)
-            a, g = factor_dampings(A, G, self.damping, self.damping_split)
+            a, g = factor_dampings(A.mean_diagonal(), G.mean_diagonal(), self.damping,
+                                   self.damping_split)
             As.append(A), Gs.append(G), dA.append(a), dG.append(g)
-        for k, (ia, ig) in enumerate(zip(damped_inverses(As, dA), damped_inverses(Gs, dG))):
-            i = due[k]
-            self.A[i], self.G[i], self.inv_a[i], self.inv_g[i] = As[k], Gs[k], ia, ig
+        invs = factor_inverses(As + Gs, dA + dG)
+        for k, i in enumerate(due):
+            self.keep(self.inverse_a, i, invs[k])
+            self.keep(self.inverse_g, i, invs[len(due) + k])
             self._fresh.add(i)
             self.schedule.refreshed(self.n_updates, i, self.layers[i].h)
 
@@ -237,11 +314,9 @@ class KFACPreconditioner(LayerPreconditioner):
             return g.T @ h, g.sum(0)  # the probes' pass only needs dl/da: plain gradient
         if i in self.plan() and i not in self._fresh:
             self.refresh([i])
-        has_bias = self.layers[i].module.bias is not None
-        D = kfac_direction(None, g.sum(0) if has_bias else None, h, g,
-                           self.inv_a[i], self.inv_g[i])
         self._fused_done.add(i)
-        return D[:, : h.shape[1]], (D[:, -1] if has_bias else None)
+        return kfac_direction(None, None, h, g, self.inverse_a[i], self.inverse_g[i],
+                              self.layers[i].module.bias is not None)
 
     @torch.no_grad()
     def precondition(self) -> None:
@@ -252,32 +327,38 @@ class KFACPreconditioner(LayerPreconditioner):
         self.refresh(self.plan())
         for i, rec in active:
             gW, gb = self.grads(rec)
-            has_bias = rec.module.bias is not None
-            D = kfac_direction(gW, gb if has_bias else None, rec.h, rec.g,
-                               self.inv_a[i], self.inv_g[i])
-            self.write(rec, D[:, : gW.shape[1]], D[:, -1] if has_bias else gb)
+            dW, db = kfac_direction(gW, gb, rec.h, rec.g, self.inverse_a[i], self.inverse_g[i],
+                                    rec.module.bias is not None)
+            self.write(rec, dW, gb if db is None else db)
         self.finish()
 
     def finish(self) -> None:
-        self._plan, self._probed, self._g_sums = None, False, {}
+        self._plan, self._probed, self._g_factors = None, False, {}
         self._fresh = set()
         super().finish()
 
     def _state(self) -> dict[str, Any]:
         return {"loss": self.loss, "curvature": self.curvature, "damping": self.damping,
                 "damping_split": self.damping_split, "gn_probes": self.gn_probes,
-                "seed": self.seed, "A": clone_tensors(self.A), "G": clone_tensors(self.G),
-                "inv_a": clone_tensors(self.inv_a), "inv_g": clone_tensors(self.inv_g),
+                "seed": self.seed,
+                "inverse_a": {i: inv.state_dict() for i, inv in self.inverse_a.items()},
+                "inverse_g": {i: inv.state_dict() for i, inv in self.inverse_g.items()},
                 "generator": None if self.generator is None else self.generator.get_state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         for key in ("loss", "curvature", "damping", "damping_split", "gn_probes", "seed"):
             setattr(self, key, state[key])
-        self.A, self.G = clone_tensors(state["A"]), clone_tensors(state["G"])
-        self.inv_a = clone_tensors(state["inv_a"])
-        self.inv_g = clone_tensors(state["inv_g"])
+        if "inverse_a" in state:
+            self.inverse_a = {i: inverse_from_state(s) for i, s in state["inverse_a"].items()}
+            self.inverse_g = {i: inverse_from_state(s) for i, s in state["inverse_g"].items()}
+        else:  # saved before the inverses had a form: dense "A", "G", "inv_a", "inv_g"
+            self.inverse_a = {i: DenseInverse(inv.clone(), state["A"][i].clone())
+                              for i, inv in state["inv_a"].items()}
+            self.inverse_g = {i: DenseInverse(inv.clone(), state["G"][i].clone())
+                              for i, inv in state["inv_g"].items()}
         if state["generator"] is not None:
-            device = next(iter(self.inv_a.values())).device if self.inv_a else "cpu"
+            inverses = list(self.inverse_a.values())
+            device = inverses[0].matrix().device if inverses else "cpu"
             self.generator = torch.Generator(device=device)
             self.generator.set_state(state["generator"])
 
@@ -286,7 +367,7 @@ class KFAC(PreconditionedSGD):
     """KFAC with a learning rate: ``KFAC(model, lr, loss, curvature="fisher", ...)``.
 
     Takes ``theta <- theta - lr (A kron G + damping)^-1 grad`` (factored) with the
-    arguments of :class:`KFACPreconditioner`; a ``torch.optim.Optimizer`` (see
+    arguments of :class:`KFACPreconditioner`, fused by default; a ``torch.optim.Optimizer`` (see
     :class:`~sokit.optim.base.PreconditionedSGD`). ``loss`` has no default: it must name
     the loss the model is trained with, since it decides the curvature.
 
@@ -310,7 +391,7 @@ class KFAC(PreconditionedSGD):
                  amortization: int | FixedAmortization | AdaptiveAmortization = 100,
                  gn_probes: str = "rademacher", seed: int = 0,
                  skip_unsupported: bool = False, reduction: str = "mean",
-                 fused: bool = False) -> None:
+                 fused: bool = True, capturable: bool = False) -> None:
         super().__init__(KFACPreconditioner(model, loss, curvature, damping, damping_split,
                                             amortization, gn_probes, seed, skip_unsupported,
-                                            reduction, fused), lr)
+                                            reduction, fused, capturable), lr)

@@ -31,15 +31,18 @@ def _check_number(damping: object, what: str) -> None:
         raise ValueError(f"{what} must be positive to keep the inverse finite, got {damping}")
 
 
-def _eigh_inverse(sym: Tensor, d: Tensor, need: Tensor) -> Tensor:
+def _eigh_inverse(sym: Tensor, d: Tensor, need: Tensor, root: bool = False) -> Tensor:
     """``(sym_+ + d I)^-1`` through ``eigh`` with eigenvalues clamped at 0, for the
-    matrices where ``need`` is True (the others are left unspecified). Where the batched
-    ``eigh`` fails or gives a non-finite inverse, that matrix is redone alone, then in
-    float64; a matrix that fails in float64 too gets an all-NaN inverse."""
+    matrices where ``need`` is True (the others are left unspecified); with ``root``, the
+    factor ``(vals + d)^-1/2 Q^T`` whose Gram matrix is that inverse. Where the batched
+    ``eigh`` fails or gives a non-finite result, that matrix is redone alone, then in
+    float64; a matrix that fails in float64 too gets an all-NaN result."""
 
     def inverse(m: Tensor, dm: Tensor) -> Tensor:
         vals, vecs = torch.linalg.eigh(m)
         vals = vals.clamp_min(0) + dm[..., None]
+        if root:
+            return vecs.transpose(-1, -2) / vals.sqrt()[..., :, None]
         fixed = (vecs / vals[..., None, :]) @ vecs.transpose(-1, -2)
         return 0.5 * (fixed + fixed.transpose(-1, -2))
 
@@ -64,13 +67,7 @@ def _eigh_inverse(sym: Tensor, d: Tensor, need: Tensor) -> Tensor:
     return out.reshape(sym.shape)
 
 
-def damped_inverse(M: Tensor, damping: Tensor | float) -> Tensor:
-    """``(M + damping I)^-1`` for a symmetric PSD ``M`` of shape ``(..., n, n)``.
-
-    ``damping`` is a positive float or a tensor broadcastable to ``M.shape[:-2]``. A
-    matrix that is not finite, or whose (tensor) damping is not positive and finite,
-    gets an all-NaN inverse; this never raises for statistics (see the module docstring).
-    """
+def _damped(M: Tensor, damping: Tensor | float, root: bool) -> Tensor:
     _check_number(damping, "damping")
     n = M.shape[-1]
     d = torch.as_tensor(damping, dtype=M.dtype, device=M.device).expand(M.shape[:-2])
@@ -81,14 +78,36 @@ def damped_inverse(M: Tensor, damping: Tensor | float) -> Tensor:
     d_ok = torch.where(finite, d, torch.ones_like(d))
     L, info = torch.linalg.cholesky_ex(sym + d_ok[..., None, None] * eye)
     bad = info > 0
-    inv = torch.cholesky_inverse(torch.where(bad[..., None, None], eye, L))  # a failed L may be singular
+    L = torch.where(bad[..., None, None], eye, L)  # a failed L may be singular
+    if root:
+        inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    else:
+        inv = torch.cholesky_inverse(L)
     if bool(bad.any()):
-        inv = torch.where(bad[..., None, None], _eigh_inverse(sym, d_ok, bad), inv)
+        inv = torch.where(bad[..., None, None], _eigh_inverse(sym, d_ok, bad, root), inv)
     return torch.where(finite[..., None, None], inv, torch.full_like(inv, float("nan")))
 
 
-def damped_inverses(mats: Sequence[Tensor], dampings: Sequence[Tensor | float]) -> list[Tensor]:
-    """:func:`damped_inverse` of each matrix, batching the matrices of equal shape."""
+def damped_inverse(M: Tensor, damping: Tensor | float) -> Tensor:
+    """``(M + damping I)^-1`` for a symmetric PSD ``M`` of shape ``(..., n, n)``.
+
+    ``damping`` is a positive float or a tensor broadcastable to ``M.shape[:-2]``. A
+    matrix that is not finite, or whose (tensor) damping is not positive and finite,
+    gets an all-NaN inverse; this never raises for statistics (see the module docstring).
+    """
+    return _damped(M, damping, root=False)
+
+
+def damped_inverse_root(M: Tensor, damping: Tensor | float) -> Tensor:
+    """A square ``W`` with ``W^T W = (M + damping I)^-1``: ``L^-1`` for the Cholesky factor
+    ``L L^T = M + damping I``, or ``(vals + damping)^-1/2 Q^T`` from ``eigh`` where
+    Cholesky fails; same arguments and robustness as :func:`damped_inverse`. Applying
+    ``W`` to vectors avoids forming the inverse, whose entries grow like ``1 / damping``
+    along the null space of ``M`` (the Woodbury form of :mod:`.factors` needs that)."""
+    return _damped(M, damping, root=True)
+
+
+def _batched(fn, mats: Sequence[Tensor], dampings: Sequence[Tensor | float]) -> list[Tensor]:
     if len(mats) != len(dampings):
         raise ValueError(f"got {len(mats)} matrices but {len(dampings)} dampings")
     for d in dampings:
@@ -103,6 +122,16 @@ def damped_inverses(mats: Sequence[Tensor], dampings: Sequence[Tensor | float]) 
         damp = torch.stack(
             [torch.as_tensor(dampings[i], dtype=ref.dtype, device=ref.device).reshape(()) for i in idx]
         )
-        for i, inv in zip(idx, damped_inverse(stack, damp)):
+        for i, inv in zip(idx, fn(stack, damp)):
             out[i] = inv
     return out  # type: ignore[return-value]
+
+
+def damped_inverses(mats: Sequence[Tensor], dampings: Sequence[Tensor | float]) -> list[Tensor]:
+    """:func:`damped_inverse` of each matrix, batching the matrices of equal shape."""
+    return _batched(damped_inverse, mats, dampings)
+
+
+def damped_inverse_roots(mats: Sequence[Tensor], dampings: Sequence[Tensor | float]) -> list[Tensor]:
+    """:func:`damped_inverse_root` of each matrix, batching the matrices of equal shape."""
+    return _batched(damped_inverse_root, mats, dampings)
