@@ -74,7 +74,45 @@ ACP_ALPHA = {"autoencoder": 0.01715, "classifier": 1.0}
 #: precision (rounded to 4 digits, KFAC (Gauss-Newton)'s best trial diverges at update 32:
 #: it sits on the edge of stability)
 TUNED: dict[str, dict[str, dict[str, float]]] = {
-    "autoencoder": {},
+    "autoencoder": {
+        "ACP, fixed alpha": {
+            "lr": 0.11593040872367924,
+            "prescale": 10.171745752593122,
+            "eps": 0.09566327053879896,
+            "alpha": 0.24383474144301823,
+        },
+        "ACP, heuristic alpha": {
+            "lr": 0.2556163994099416,
+            "prescale": 5.267644338622007,
+            "eps": 0.10076043302087621,
+        },
+        "Natural Neural Networks": {
+            "lr": 0.06636165544183707,
+            "prescale": 2.5177676403692253,
+            "eps": 0.00010150624917253131,
+        },
+        "KFAC": {
+            "lr": 0.0004946713820468046,
+            "prescale": 3.905397659063584,
+            "damping": 0.0007680398027637537,
+        },
+        "batch norm + SGD": {
+            "lr": 0.06056323391137505,
+            "prescale": 2.20024930615312,
+        },
+        "SGD": {
+            "lr": 0.06787143382702474,
+            "prescale": 7.688095401575347,
+        },
+        "mean-only batch norm + SGD": {
+            "lr": 0.0023909699657760084,
+            "prescale": 17.169601625381407,
+        },
+        "centered GD": {
+            "lr": 0.9629411715436392,
+            "prescale": 11.440727421903247,
+        },
+    },
     "classifier": {
         "ACP, fixed alpha": {
             "lr": 0.013890353967298175,
