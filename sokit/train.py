@@ -45,7 +45,9 @@ MINIBATCH_POINTS = 2000
 def can_capture(optimizer: Any, device: torch.device) -> bool:
     """Whether the step may be captured as a CUDA graph: on CUDA, with plain
     ``torch.optim.SGD`` (float learning rate) or a ``torch.optim`` optimizer created with
-    ``capturable=True``."""
+    ``capturable=True``: torch's, or sokit's ACP, KFAC and centered GD, whose refresh
+    updates then run eagerly between replays (``optimizer.refresh_due()``, see
+    :class:`sokit.graphs.CapturedStep`; untested on CUDA hardware)."""
     if device.type != "cuda" or not isinstance(optimizer, torch.optim.Optimizer):
         return False
     if type(optimizer) is torch.optim.SGD:
@@ -265,8 +267,10 @@ def train(
     static_y = torch.zeros(batch_size, device=device, dtype=data.train_y.dtype)
     by_input = losses.target_kind(loss) == "input"
     step_fn = _make_step(model, optimizer, loss, static_x, static_y, run)
-    if use_graph:
-        step_fn = CapturedStep(step_fn, device, prepare=optimizer.zero_grad)
+    if use_graph:  # a sokit optimizer's refresh updates run eagerly, outside the graph
+        step_fn = CapturedStep(step_fn, device, prepare=optimizer.zero_grad,
+                               eager=getattr(optimizer, "refresh_due", None),
+                               replayed=getattr(optimizer, "count_replayed_update", None))
     pending = [u for u in schedule if u > run.step]
     bar = Progress(updates, run.step, len(schedule), len(schedule) - len(pending),
                    len(eval_data.train_x) + len(eval_data.test_x), batch_size, disable=not progress,
