@@ -7,6 +7,9 @@ through its eigendecomposition with eigenvalues clamped at the damping, so the r
 is finite and symmetric positive definite. Where that eigendecomposition does not
 converge either (``linalg.eigh`` on a float32 matrix with many repeated eigenvalues,
 such as the covariance of MNIST's constant border pixels), it is redone in float64.
+:func:`damped_inverse_root` gives, the same way, a factor ``W`` with ``W^T W`` the damped
+inverse (the inverse Cholesky factor, or the eigendecomposition's), which the Woodbury
+form of :mod:`.factors` applies instead of the inverse itself.
 
 Nothing here raises from statistics: non-finite statistics, or a damping computed from
 them that is not positive and finite (overflowed traces of KFAC's ``pi`` split, ACP's
