@@ -20,8 +20,9 @@ minibatch); ASDL's K-FAC (``pip install asdfghjkl``, imported as ``asdl``; its r
 recorded when it does not import); and the matmul floor: the matrix products of one SGD
 step (forward, weight gradient, and input gradient below the first layer: 3.09 GFLOP at
 batch 200) run as bare ``torch.mm`` at those shapes, which also gives this machine's fp32
-matmul rate. On CUDA each step that ``sokit.train.can_capture`` accepts (and the floor)
-is a replayed CUDA graph, as ``sokit.train`` runs it; ``--eager`` turns that off.
+matmul rate. On CUDA, ACP, KFAC and centered GD are built with ``capturable=True`` and
+each step that ``sokit.train.can_capture`` accepts (and the floor) is a replayed CUDA
+graph, refresh steps eager, as ``sokit.train`` runs it; ``--eager`` turns that off.
 
     nice python benchmarks/step_overhead.py [--rounds R] [--note TEXT]   # the measured run
     python benchmarks/step_overhead.py --quick --out /tmp/x                # a smoke run, seconds
@@ -58,6 +59,7 @@ from sokit.train import _make_step, _Run, can_capture
 
 BATCH, AMORTIZATION = 200, 100
 SGD, FLOOR, BARE, ASDL = "SGD", "matmul floor", "PyTorch SGD (bare)", "ASDL KFAC"
+CAPTURABLE = ("acp", "kfac", "centered")  # built with capturable=True for CUDA graphs (refreshes run eagerly)
 
 #: label -> (bound on x SGD, whether it must be >= 2x faster than ASDL's KFAC)
 TARGETS: dict[str, tuple[float, bool]] = {
@@ -143,13 +145,17 @@ def sokit_contender(label: str, spec: dict[str, Any], dataset: data.Dataset, dev
     refreshes = "amortization" in spec["kwargs"]
     if refreshes:
         spec["kwargs"]["amortization"] = every
+    if graph and device.type == "cuda" and spec["optimizer"] in CAPTURABLE:
+        spec["kwargs"]["capturable"] = True
     torch.manual_seed(0)
     model = build_model({"model": "autoencoder"}, spec).to(device)
     optimizer = build_optimizer(spec["optimizer"], model, **spec["kwargs"])
     batches = Batches(dataset, seed=0)
     train_step = _make_step(model, optimizer, "mse", batches.x, batches.x, _Run(steps, device, torch.float32))
     captured = graph and can_capture(optimizer, device)
-    inner = CapturedStep(train_step, device, prepare=optimizer.zero_grad) if captured else train_step
+    inner = CapturedStep(train_step, device, prepare=optimizer.zero_grad,
+                         eager=getattr(optimizer, "refresh_due", None),
+                         replayed=getattr(optimizer, "count_replayed_update", None)) if captured else train_step
 
     def step() -> None:
         batches.next()
@@ -255,13 +261,20 @@ def contenders(dataset: data.Dataset, device: torch.device, every: int, steps: i
     return out, errors
 
 
+def warmup_steps(device: torch.device, every: int) -> int:
+    """Whole blocks before timing: one on the CPU; on CUDA enough for a CUDA graph's warm-up and
+    capture among the plain steps (refresh steps run eagerly, outside the graph)."""
+    if device.type != "cuda":
+        return every
+    return every * -(-(GRAPH_WARMUP + 1) // max(every - 1, 1))
+
+
 def interleaved(items: list[Contender], device: torch.device, rounds: int, every: int, seed: int) -> list[list[str]]:
     """Warm every contender up, then ``rounds`` rounds of one ``every``-step block each, in a
     shuffled order per round; returns the orders. The first step of a block is a refresh
     step for contenders that refresh (their step counts stay multiples of ``every``)."""
-    warmup = every * -(-(GRAPH_WARMUP + 1) // every)  # past a CUDA graph's capture, whole blocks
     for c in items:
-        for _ in range(warmup):
+        for _ in range(warmup_steps(device, every)):
             c.step()
     sync(device)
     rng = random.Random(seed)
@@ -362,7 +375,7 @@ def run(device: torch.device, rounds: int, every: int, only: list[str] | None, g
     started, t0 = now(), time.perf_counter()
     load_before = os.getloadavg()
     dataset = data.load("mnist", device=device)
-    steps = every * (rounds + GRAPH_WARMUP + 2)
+    steps = warmup_steps(device, every) + rounds * every
     items, errors = contenders(dataset, device, every, steps, graph, only)
     orders = interleaved(items, device, rounds, every, seed)
     rows = {c.label: summary(c) for c in items}
