@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .amortization import AdaptiveAmortization, FixedAmortization, as_schedule
+from .compile_guard import check_recorded
 from .factors import FactorInverse
 from .hooks import LayerRecord, LinearHooks
 
@@ -92,7 +93,8 @@ class LayerPreconditioner:
         def forward(h: Tensor) -> Tensor:
             # plain under no_grad, and under torch.func transforms (sokit.curvature's
             # exact quantities of a model with a fused optimizer attached stay exact)
-            if not torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None:
+            if not torch.is_grad_enabled() or (not torch.compiler.is_compiling()
+                                               and torch._C._functorch.peek_interpreter_stack() is not None):
                 return F.linear(h, module.weight, module.bias)
             return _FusedLinear.apply(h, module.weight, module.bias, self, index)
 
@@ -112,8 +114,10 @@ class LayerPreconditioner:
         return self.hooks.layers
 
     def active(self) -> list[tuple[int, LayerRecord]]:
-        """Layers that took part in the last forward pass and have a gradient."""
+        """Layers that took part in the last forward pass and have a gradient (a layer with a
+        gradient but no recorded input raises: torch.compile reused a graph without hooks)."""
         self.hooks.check_one_forward()
+        check_recorded(self.layers)
         return [(i, r) for i, r in enumerate(self.layers)
                 if r.h is not None and r.module.weight.grad is not None]
 
