@@ -130,9 +130,9 @@ class Spy:
         self.inv, self.rows = inv, []
         self.cost_per_row = inv.cost_per_row
 
-    def right(self, X):
+    def right(self, X, scratch=False):
         self.rows.append(X.shape[0])
-        return self.inv.right(X)
+        return self.inv.right(X, scratch)
 
 
 # (batch, n_in, n_out, fused, side the inverse is applied to); Woodbury when 2 batch < n_in.

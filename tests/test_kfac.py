@@ -131,17 +131,17 @@ class Spy:
         self.inv, self.rows = inv, []
         self.cost_per_row = inv.cost_per_row
 
-    def right(self, X):
+    def right(self, X, scratch=False):
         self.rows.append(X.shape[0])
-        return self.inv.right(X)
+        return self.inv.right(X, scratch)
 
     def right_columns(self, X, cols):
         self.rows.append(X.shape[0])
         return self.inv.right_columns(X, cols)
 
-    def left(self, X):  # the columns of X, which may come in parts
+    def left(self, X, scratch=False):  # the columns of X, which may come in parts
         self.rows.append(X.shape[1])
-        return self.inv.left(X)
+        return self.inv.left(X, scratch)
 
 
 # (batch, n_in, n_out, fused, vectors G^-1 is applied to, vectors A^-1 is applied to):

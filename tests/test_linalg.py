@@ -112,6 +112,10 @@ def test_factor_inverse_forms_are_the_damped_inverse(rows, n, form):
     X = torch.randn(6, n, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(inv.right(X), X @ want)
     torch.testing.assert_close(inv.left(X.T), want @ X.T)
+    scratch = X.clone()
+    torch.testing.assert_close(inv.right(scratch, scratch=True), X @ want)
+    assert torch.equal(scratch, X) == (form is DenseInverse)  # Woodbury wrote over it
+    torch.testing.assert_close(inv.left(X.T.clone(), scratch=True), want @ X.T)
     a, b = inv.right_columns(X, [slice(0, n - 1), slice(n - 1, n)])
     torch.testing.assert_close(torch.cat([a, b], dim=1), X @ want)
     assert a.is_contiguous() and b.is_contiguous()

@@ -83,10 +83,10 @@ def acp_direction(gW: Tensor | None, gb: Tensor, h: Tensor, g: Tensor | None,
     mean_h = h.mean(0)
     c, form = inv_c.cost_per_row, B * n_in * n_out
     if g is not None and B * c + form < n_out * c + (form if gW is None else 0):
-        dW = (g / alpha).T @ inv_c.right(h - mean_h)
+        dW = g.T @ inv_c.right(h - mean_h, scratch=True).div_(alpha)
     else:
-        gWc = g.T @ (h - mean_h) if gW is None else gW - torch.outer(gb, mean_h)
-        dW = inv_c.right(gWc) / alpha
+        gWc = g.T @ (h - mean_h) if gW is None else torch.addr(gW, gb, mean_h, alpha=-1)
+        dW = inv_c.right(gWc, scratch=True).div_(alpha)
     db = gb / alpha
     if bias_correction:
         db = db - dW @ mean_h

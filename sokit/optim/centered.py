@@ -41,7 +41,7 @@ class CenteredPreconditioner(LayerPreconditioner):
     def precondition(self) -> None:
         for _, rec in self.active():
             gW, gb = self.grads(rec)
-            self.write(rec, gW - torch.outer(gb, rec.h.mean(0)), gb)
+            self.write(rec, torch.addr(gW, gb, rec.h.mean(0), alpha=-1), gb)
         self.finish()
 
 

@@ -89,16 +89,18 @@ class FactorInverse:
         """Multiply-adds of :meth:`right` (or :meth:`left`) per vector."""
         raise NotImplementedError
 
-    def right(self, X: Tensor) -> Tensor:
-        """``X M`` for ``X`` of shape ``(k, n)``."""
+    def right(self, X: Tensor, scratch: bool = False) -> Tensor:
+        """``X M`` for ``X`` of shape ``(k, n)``; ``scratch``: ``X`` is a temporary that may
+        be overwritten with the result (saves an allocation)."""
         return self.right_columns(X, [slice(None)])[0]
 
     def right_columns(self, X: Tensor, cols: Sequence[slice]) -> list[Tensor]:
         """``(X M)[:, c]`` for each ``c`` of ``cols`` (each one contiguous)."""
         raise NotImplementedError
 
-    def left(self, X: Tensor) -> Tensor:
-        """``M X`` for ``X`` of shape ``(n, k)`` (``M`` is symmetric)."""
+    def left(self, X: Tensor, scratch: bool = False) -> Tensor:
+        """``M X`` for ``X`` of shape ``(n, k)`` (``M`` is symmetric); ``scratch`` as for
+        :meth:`right`."""
         raise NotImplementedError
 
     def matrix(self) -> Tensor:
@@ -143,7 +145,7 @@ class DenseInverse(FactorInverse):
     def right_columns(self, X: Tensor, cols: Sequence[slice]) -> list[Tensor]:
         return [X @ self.inverse[:, c] for c in cols]
 
-    def left(self, X: Tensor) -> Tensor:
+    def left(self, X: Tensor, scratch: bool = False) -> Tensor:
         return self.inverse @ X
 
     def matrix(self) -> Tensor:
@@ -175,12 +177,19 @@ class WoodburyInverse(FactorInverse):
         rows, n = self.root.shape
         return 2 * rows * n
 
+    def right(self, X: Tensor, scratch: bool = False) -> Tensor:
+        if not scratch:
+            return super().right(X)
+        return X.addmm_(X @ self.root.T, self.root, alpha=-1).mul_(self.inv_d)
+
     def right_columns(self, X: Tensor, cols: Sequence[slice]) -> list[Tensor]:
         P = X @ self.root.T
         return [torch.addmm(X[:, c], P, self.root[:, c], alpha=-1).mul_(self.inv_d) for c in cols]
 
-    def left(self, X: Tensor) -> Tensor:
-        return torch.addmm(X, self.root.T, self.root @ X, alpha=-1).mul_(self.inv_d)
+    def left(self, X: Tensor, scratch: bool = False) -> Tensor:
+        VX = self.root @ X
+        out = X.addmm_(self.root.T, VX, alpha=-1) if scratch else torch.addmm(X, self.root.T, VX, alpha=-1)
+        return out.mul_(self.inv_d)
 
     def matrix(self) -> Tensor:
         eye = torch.eye(self.root.shape[1], dtype=self.root.dtype, device=self.root.device)

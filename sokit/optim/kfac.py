@@ -129,17 +129,18 @@ def kfac_direction(gW: Tensor | None, gb: Tensor | None, h: Tensor, g: Tensor,
     L = inv_g.right(g) if g_side else g
     cols = [slice(0, n_in), slice(n_in, m)] if bias else [slice(0, n_in)]
     if h_side:
-        Rh = inv_a.right(h1)
+        Rh = inv_a.right(h1, scratch=bias)  # [h 1] is a temporary, h is not
         parts = [L.T @ Rh[:, c] for c in cols]
         if not g_side:
-            parts = [inv_g.left(p) for p in parts]
+            parts = [inv_g.left(p, scratch=True) for p in parts]
     else:
+        fresh = g_side or gW is None or bias  # X is not the caller's gW
         if g_side or gW is None:
             X = L.T @ h1
         else:
             X = torch.cat([gW, gb[:, None]], dim=1) if bias else gW
         if not g_side:
-            X = inv_g.left(X)
+            X = inv_g.left(X, scratch=fresh)
         parts = inv_a.right_columns(X, cols)
     return parts[0], (parts[1][:, 0] if bias else None)
 
@@ -357,8 +358,8 @@ class KFACPreconditioner(LayerPreconditioner):
             self.inverse_g = {i: DenseInverse(inv.clone(), state["G"][i].clone())
                               for i, inv in state["inv_g"].items()}
         if state["generator"] is not None:
-            inverses = list(self.inverse_a.values())
-            device = inverses[0].matrix().device if inverses else "cpu"
+            buffers = [t for inv in self.inverse_a.values() for t in inv.buffers().values()]
+            device = buffers[0].device if buffers else "cpu"
             self.generator = torch.Generator(device=device)
             self.generator.set_state(state["generator"])
 
