@@ -7,8 +7,8 @@ centered on its minibatch mean before forming the weight gradient,
     Delta b = -lr (1/n) sum_i nabla_{a_i} l          (the plain SGD bias step).
 
 With a mean loss, autograd's ``W.grad = sum_i g_i h_i^T`` and ``b.grad = sum_i g_i``,
-so the centered direction is ``W.grad - b.grad mean(h)^T``: ``O(n_out n_in)`` on top
-of SGD, no per-example products.
+so the centered direction is ``W.grad - b.grad mean(h)^T``, written into ``W.grad`` in
+place: ``O(n_out n_in)`` on top of SGD, no per-example products.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class CenteredPreconditioner(LayerPreconditioner):
     def precondition(self) -> None:
         for _, rec in self.active():
             gW, gb = self.grads(rec)
-            self.write(rec, torch.addr(gW, gb, rec.h.mean(0), alpha=-1), gb)
+            gW.addr_(gb, rec.h.mean(0), alpha=-1)  # in place: no weight-sized temporary
         self.finish()
 
 
