@@ -166,8 +166,10 @@ def test_registered_experiments_follow_the_thesis():
     assert full["space"] == {"lr": [1e-7, 1e2], "prescale": [10.0, 20.0]}
     assert set(full["methods"]) == {"grid", "random", "biased_random", "tpe"}
     assert exps["fig4_1"].configs["full"]["methods"] == ["grid", "random", "biased_random"]
+    long_22 = exps["fig2_2"].configs["long"]  # Fig 2.2 at the thesis's minibatch and its 99 experiments
+    assert (long_22["batch"], long_22["experiments"]) == (200, 99)
     for name in ("table4_1", "fig4_1", "fig2_2"):
-        assert set(exps[name].configs) == {"smoke", "quick", "full"}
+        assert set(exps[name].configs) == {"smoke", "quick", "full"} | ({"long"} if name == "fig2_2" else set())
         for cfg in exps[name].configs.values():  # a grid search must not run out of points
             if "grid" in cfg["methods"]:
                 assert round(cfg["experiments"] ** 0.5) ** 2 == cfg["experiments"]
