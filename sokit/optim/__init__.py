@@ -47,8 +47,18 @@ training loss once, at construction (``loss="mse"`` or ``"cross_entropy"``, name
 
 *Schedule.* ``amortization`` is an ``int`` N (refresh the statistics and inverses
 every N updates, Algorithm 4) or an :class:`AdaptiveAmortization` (refresh a layer
-when its input statistics drift). ``fused=True`` (ACP, KFAC) computes the direction
-inside each layer's backward instead of rewriting ``.grad`` afterwards.
+when its input statistics drift). The optimizers :class:`ACP` and :class:`KFAC` are
+fused by default: each layer's backward computes the direction in place of the weight
+gradient (``fused=False`` rewrites ``.grad`` afterwards; the preconditioners, made to
+serve another optimizer, are unfused by default). ``capturable=True`` (ACP, KFAC,
+centered GD; a fixed amortization) keeps the plain updates replayable from a CUDA graph:
+fixed buffers, a device-side update counter, no host synchronisation, refreshes run
+eagerly when ``refresh_due()`` (:class:`sokit.graphs.CapturedStep`; untested on CUDA
+hardware).
+
+*torch.compile.* A compiled model works when the optimizer is built before the first
+compiled call; if Dynamo replays a graph traced without the hooks, the step raises
+``HooksNotRunError`` (:mod:`.compile_guard`) instead of silently taking an SGD step.
 
 *Divergence.* A step never raises because the numbers went bad: non-finite or
 overflowing statistics (NaN or inf inputs, or finite float32 inputs near 1e20 whose
