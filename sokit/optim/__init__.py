@@ -56,9 +56,11 @@ fixed buffers, a device-side update counter, no host synchronisation, refreshes 
 eagerly when ``refresh_due()`` (:class:`sokit.graphs.CapturedStep`; untested on CUDA
 hardware).
 
-*torch.compile.* A compiled model works when the optimizer is built before the first
-compiled call; if Dynamo replays a graph traced without the hooks, the step raises
-``HooksNotRunError`` (:mod:`.compile_guard`) instead of silently taking an SGD step.
+*torch.compile.* Under a compiled model the fused steps equal the eager ones; unfused,
+if Dynamo replays a graph traced without the hooks (a model compiled before its
+optimizer was built, or another model of the same class compiled first), the step raises
+``HooksNotRunError`` (:mod:`.compile_guard`) instead of silently taking an SGD step
+(``tests/test_compile.py``).
 
 *Divergence.* A step never raises because the numbers went bad: non-finite or
 overflowing statistics (NaN or inf inputs, or finite float32 inputs near 1e20 whose
