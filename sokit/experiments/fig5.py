@@ -56,7 +56,20 @@ SEARCHED = {
 
 #: the best trials of the stored ``fig5_1_search`` (long), copied exactly (a test checks them);
 #: empty while it is not stored, and then ``fig5_1`` has no long profile
-TUNED: dict[str, dict[str, float]] = {}
+TUNED: dict[str, dict[str, float]] = {
+    "SGD": {
+        "lr": 0.019577919152492698,
+        "prescale": 18.225511438217964,
+    },
+    "UBP (Gauss-Newton)": {
+        "lr": 0.006462065416037418,
+        "prescale": 1.8790016488805434,
+    },
+    "UBP (exact Hessian)": {
+        "lr": 0.021335483604470226,
+        "prescale": 5.261277458721601,
+    },
+}
 
 
 def long_methods() -> dict[str, dict[str, Any]] | None:
