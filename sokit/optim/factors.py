@@ -26,6 +26,7 @@ in place, so that a captured CUDA graph reading them sees every refresh.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,40 +77,42 @@ class SampleFactor:
         return torch.diagonal(self.matrix).mean()
 
 
-class FactorInverse:
-    """A damped inverse ``M = (F + d I)^-1`` stored in fixed buffers (see the module)."""
+class FactorInverse(ABC):
+    """A damped inverse ``M = (F + d I)^-1`` stored in fixed buffers (see the module); the
+    dense and the Woodbury form implement its abstract methods."""
 
     kind = ""
 
+    @abstractmethod
     def buffers(self) -> dict[str, Tensor]:
-        raise NotImplementedError
+        """The tensors that hold ``M`` (what :meth:`copy_` overwrites)."""
 
     @property
+    @abstractmethod
     def cost_per_row(self) -> int:
         """Multiply-adds of :meth:`right` (or :meth:`left`) per vector."""
-        raise NotImplementedError
 
     def right(self, X: Tensor, scratch: bool = False) -> Tensor:
         """``X M`` for ``X`` of shape ``(k, n)``; ``scratch``: ``X`` is a temporary that may
         be overwritten with the result (saves an allocation)."""
         return self.right_columns(X, [slice(None)])[0]
 
+    @abstractmethod
     def right_columns(self, X: Tensor, cols: Sequence[slice]) -> list[Tensor]:
         """``(X M)[:, c]`` for each ``c`` of ``cols`` (each one contiguous)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def left(self, X: Tensor, scratch: bool = False) -> Tensor:
         """``M X`` for ``X`` of shape ``(n, k)`` (``M`` is symmetric); ``scratch`` as for
         :meth:`right`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def matrix(self) -> Tensor:
         """``M`` as an ``n x n`` matrix (formed on demand for Woodbury)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def factor(self) -> Tensor:
         """The undamped factor ``F`` (formed on demand for Woodbury)."""
-        raise NotImplementedError
 
     def layout(self) -> tuple:
         """What must match for :meth:`copy_`: the form and every buffer's shape and type."""
