@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from spies import Spy
 from torch import nn
 
 from sokit import curvature as cv
@@ -121,18 +122,6 @@ def test_local_criterion_closed_form_equals_acp_and_lstsq(batch):
     torch.testing.assert_close(-lr * db, cb)
     torch.testing.assert_close(cW, lW)
     torch.testing.assert_close(cb, lb)
-
-
-class Spy:
-    """A damped inverse that records how many vectors each product applies it to."""
-
-    def __init__(self, inv):
-        self.inv, self.rows = inv, []
-        self.cost_per_row = inv.cost_per_row
-
-    def right(self, X, scratch=False):
-        self.rows.append(X.shape[0])
-        return self.inv.right(X, scratch)
 
 
 # (batch, n_in, n_out, fused, side the inverse is applied to); Woodbury when 2 batch < n_in.

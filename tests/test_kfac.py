@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from spies import Spy
 from torch import nn
 
 from sokit import curvature as cv
@@ -122,26 +123,6 @@ def test_woodbury_step_equals_dense_kronecker_inverse(loss, curvature, fused):
         dense = torch.kron(A + dA * torch.eye(A.shape[0]), G + dG * torch.eye(G.shape[0]))
         expect = torch.linalg.solve(dense, cv.layer_vector(grad, m, layer, "thesis"))
         torch.testing.assert_close(cv.layer_vector(step, m, layer, "thesis"), expect)
-
-
-class Spy:
-    """A damped inverse that records how many vectors each product applies it to."""
-
-    def __init__(self, inv):
-        self.inv, self.rows = inv, []
-        self.cost_per_row = inv.cost_per_row
-
-    def right(self, X, scratch=False):
-        self.rows.append(X.shape[0])
-        return self.inv.right(X, scratch)
-
-    def right_columns(self, X, cols):
-        self.rows.append(X.shape[0])
-        return self.inv.right_columns(X, cols)
-
-    def left(self, X, scratch=False):  # the columns of X, which may come in parts
-        self.rows.append(X.shape[1])
-        return self.inv.left(X, scratch)
 
 
 # (batch, n_in, n_out, fused, vectors G^-1 is applied to, vectors A^-1 is applied to):
