@@ -20,7 +20,7 @@ minibatch); ASDL's K-FAC (``pip install asdfghjkl``, imported as ``asdl``; its r
 recorded when it does not import); and the matmul floor: the matrix products of one SGD
 step (forward, weight gradient, and input gradient below the first layer: 3.09 GFLOP at
 batch 200) run as bare ``torch.mm`` at those shapes, which also gives this machine's fp32
-matmul rate. On CUDA, ACP, KFAC and centered GD are built with ``capturable=True`` and
+matmul rate. On CUDA, ACP, KFAC, NNN and centered GD are built with ``capturable=True`` and
 each step that ``sokit.train.can_capture`` accepts (and the floor) is a replayed CUDA
 graph, refresh steps eager, as ``sokit.train`` runs it; ``--eager`` turns that off.
 
@@ -50,7 +50,7 @@ from torch import nn
 
 from sokit import data, models
 from sokit.experiments.fig6 import EPS, FIG6_1, FIG6_2, HPARAMS, methods_for
-from sokit.experiments.methods import build_model
+from sokit.experiments.methods import build_model, for_device
 from sokit.experiments.provenance import now
 from sokit.graphs import WARMUP as GRAPH_WARMUP
 from sokit.graphs import CapturedStep
@@ -59,7 +59,6 @@ from sokit.train import _make_step, _Run, can_capture
 
 BATCH, AMORTIZATION = 200, 100
 SGD, FLOOR, BARE, ASDL = "SGD", "matmul floor", "PyTorch SGD (bare)", "ASDL KFAC"
-CAPTURABLE = ("acp", "kfac", "centered")  # built with capturable=True for CUDA graphs (refreshes run eagerly)
 
 #: label -> (bound on x SGD, whether it must be >= 2x faster than ASDL's KFAC)
 TARGETS: dict[str, tuple[float, bool]] = {
@@ -145,8 +144,8 @@ def sokit_contender(label: str, spec: dict[str, Any], dataset: data.Dataset, dev
     refreshes = "amortization" in spec["kwargs"]
     if refreshes:
         spec["kwargs"]["amortization"] = every
-    if graph and device.type == "cuda" and spec["optimizer"] in CAPTURABLE:
-        spec["kwargs"]["capturable"] = True
+    if graph:
+        spec = for_device(spec, device)
     torch.manual_seed(0)
     model = build_model({"model": "autoencoder"}, spec).to(device)
     optimizer = build_optimizer(spec["optimizer"], model, **spec["kwargs"])

@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               "batch_size": args.batch_size, "seed": args.seed, "n_evals": args.n_evals,
               "eval_subset": args.eval_subset}
     torch.manual_seed(args.seed)
-    model, optimizer = methods.build({"model": args.model}, spec)
+    model, optimizer = methods.build({"model": args.model}, methods.for_device(spec, device))
     if dataset.train_x.shape[1] != model[0].in_features:
         raise SystemExit(f"model {args.model} takes {model[0].in_features} inputs but {args.dataset} has "
                          f"{dataset.train_x.shape[1]}; use --dataset mnist/fashion-mnist for the autoencoder, "

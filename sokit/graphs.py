@@ -7,7 +7,7 @@ eagerly on a side stream (real steps: lazy state and cuBLAS workspaces get alloc
 captures the next call and replays it from then on. Capture itself executes nothing,
 so the captured call is replayed at once and every call is exactly one step.
 
-An optimizer whose refresh updates cannot be replayed (ACP, KFAC and centered GD built
+An optimizer whose refresh updates cannot be replayed (ACP, KFAC, centered GD and NNN built
 with ``capturable=True``, :class:`sokit.optim.base.LayerPreconditioner`) passes
 ``eager``, asked on the host before each call: a call for which it is True runs eagerly,
 outside the graph, and is never the one captured. ``replayed`` is called after each
@@ -19,6 +19,7 @@ tests replay the recorded operations of a plain update instead
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,13 @@ import torch
 
 #: eager steps run before the graph is captured
 WARMUP = 3
+
+
+def capture_enabled() -> bool:
+    """False when ``$SOKIT_CAPTURE`` is "0": every step then runs eagerly, and the
+    experiments build no optimizer with ``capturable=True`` (the way out if capture
+    fails on some GPU)."""
+    return os.environ.get("SOKIT_CAPTURE", "1") != "0"
 
 
 class CapturedStep:

@@ -36,7 +36,7 @@ from sokit import checkpoint as ckpt_io
 from sokit import losses
 from sokit.data import Dataset, Sampler
 from sokit.evaluation import eval_schedule, evaluate
-from sokit.graphs import CapturedStep
+from sokit.graphs import CapturedStep, capture_enabled
 
 #: at most this many minibatch-loss points are returned (window means beyond it)
 MINIBATCH_POINTS = 2000
@@ -45,7 +45,7 @@ MINIBATCH_POINTS = 2000
 def can_capture(optimizer: Any, device: torch.device) -> bool:
     """Whether the step may be captured as a CUDA graph: on CUDA, with plain
     ``torch.optim.SGD`` (float learning rate) or a ``torch.optim`` optimizer created with
-    ``capturable=True``: torch's, or sokit's ACP, KFAC and centered GD, whose refresh
+    ``capturable=True``: torch's, or sokit's ACP, KFAC, centered GD and NNN, whose refresh
     updates then run eagerly between replays (``optimizer.refresh_due()``, see
     :class:`sokit.graphs.CapturedStep`; untested on CUDA hardware)."""
     if device.type != "cuda" or not isinstance(optimizer, torch.optim.Optimizer):
@@ -207,7 +207,7 @@ def train(
     same one. ``seed`` fixes the minibatch order and seeds torch's global generator (for
     optimizers that sample). ``eval_subset`` evaluates on the first that many training
     and test examples. ``graph``: None captures a CUDA graph when :func:`can_capture`
-    allows, False forces eager, True requires capture. Divergence is checked every
+    allows (and ``$SOKIT_CAPTURE`` is not "0"), False forces eager, True requires capture. Divergence is checked every
     ``check_every`` updates and at evaluation points. With ``checkpoint``, the run is
     saved at every evaluation and, between them, at the first check after
     ``checkpoint_every_s`` seconds since the last save; an existing checkpoint of the
@@ -227,7 +227,7 @@ def train(
     _check_inputs(model, optimizer, data, loss)
     schedule = eval_schedule(updates, n_evals, eval_every)
     eval_data = data.subset(eval_subset, eval_subset) if eval_subset else data
-    use_graph = can_capture(optimizer, device) if graph is None else graph
+    use_graph = can_capture(optimizer, device) and capture_enabled() if graph is None else graph
     if use_graph and not can_capture(optimizer, device):
         raise ValueError("graph=True needs CUDA and a capturable optimizer (see sokit.train.can_capture)")
     run_key = {"updates": updates, "batch_size": batch_size, "seed": seed, "loss": loss,

@@ -14,6 +14,8 @@ run. CUDA capture itself is untested on hardware.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -21,7 +23,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from sokit import losses
-from sokit.optim import ACP, KFAC, AdaptiveAmortization, CenteredGD
+from sokit.experiments import catalog, methods
+from sokit.optim import ACP, KFAC, NNN, AdaptiveAmortization, CenteredGD
 from sokit.optim.base import LayerPreconditioner
 from sokit.train import can_capture
 
@@ -74,6 +77,7 @@ METHODS = {
         m, lr=0.05, loss="cross_entropy", curvature="gauss_newton", damping=0.05,
         amortization=3, fused=False, **kw)),
     "centered": ("mse", lambda m, **kw: CenteredGD(m, lr=0.05, **kw)),
+    "nnn": ("mse", lambda m, **kw: NNN(m, lr=0.05, amortization=3, eps=0.05, **kw)),
 }
 UPDATES, BATCH, WARMUP = 11, 4, 2
 
@@ -81,17 +85,21 @@ UPDATES, BATCH, WARMUP = 11, 4, 2
 def data(loss: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(1)
     xs = torch.rand(UPDATES, BATCH, 12, generator=gen)
+    xs[0, 1] = xs[0, 0]  # the first refresh sees rank 2, later ones rank 3 (NNN's U widens)
     if loss == "mse":
         return [(x, x) for x in xs]
     return [(x, torch.randint(0, 12, (BATCH,), generator=gen)) for x in xs]
 
 
-def run(name: str, replay: bool) -> tuple[nn.Module, object, int]:
+def run(name: str, replay: bool, dense_only: bool = True) -> tuple[nn.Module, object, int]:
     """Train for UPDATES; with ``replay``, capture the first plain update after WARMUP and
-    replay it for every later plain one, the refresh updates running eagerly."""
+    replay it for every later plain one, the refresh updates running eagerly.
+    ``dense_only=False`` undoes NNN's capturable rule (for the test that it matters)."""
     loss, factory = METHODS[name]
     model = autoencoder()
     opt = factory(model, capturable=True)
+    for layer in getattr(opt, "layers", []):
+        layer.dense_only = dense_only
     x, y = torch.zeros(BATCH, 12), torch.zeros_like(data(loss)[0][1])  # the static inputs
     loss_fn = losses.get(loss)
 
@@ -124,12 +132,18 @@ def run(name: str, replay: bool) -> tuple[nn.Module, object, int]:
 def test_replayed_plain_updates_end_on_the_eager_parameters(name):
     eager, _, _ = run(name, replay=False)
     replayed, opt, replays = run(name, replay=True)
-    pre = opt.preconditioner
     if name == "centered":  # no refresh: updates 0, 1 eager, 2 captured, 3 to 10 replayed
         assert replays == 8
     else:  # refreshes at 0, 3, 6, 9 run eagerly; 2 captured; 4, 5, 7, 8, 10 replayed
-        assert pre.schedule.refreshes[0] == 4 and replays == 5
-    assert pre.n_updates == UPDATES and int(pre.device_updates) == UPDATES
+        assert replays == 5
+    if name == "nnn":  # no preconditioner: NNN reparametrizes the model
+        assert opt.n_updates == UPDATES and opt.defaults["capturable"]
+        ranks = [int(layer.rank) for layer in opt.layers]
+        assert 2 * ranks[0] < 12  # the route NNN would take without capturable: low rank
+    else:
+        pre = opt.preconditioner
+        assert name == "centered" or pre.schedule.refreshes[0] == 4
+        assert pre.n_updates == UPDATES and int(pre.device_updates) == UPDATES
     for p, q in zip(eager.parameters(), replayed.parameters()):
         assert torch.equal(p, q)
     opt.state_dict()  # the host and device counts agree
@@ -145,6 +159,15 @@ def test_the_replay_sees_stale_buffers_when_a_refresh_replaces_them(monkeypatch)
     eager, _, _ = run("acp_fixed", replay=False)
     monkeypatch.setattr(LayerPreconditioner, "keep", replace)
     stale, _, _ = run("acp_fixed", replay=True)
+    assert not all(torch.equal(p, q) for p, q in zip(eager.parameters(), stale.parameters()))
+
+
+def test_nnn_capturable_multiplies_by_the_dense_u():
+    """The test can fail: through the eigenvectors (NNN's cheaper route, taken when
+    2 rank < n_in), the captured forward keeps the first refresh's rank (2) after a
+    refresh widens it to 3, and the replayed run leaves the eager one."""
+    eager, _, _ = run("nnn", replay=False, dense_only=False)
+    stale, _, _ = run("nnn", replay=True, dense_only=False)
     assert not all(torch.equal(p, q) for p, q in zip(eager.parameters(), stale.parameters()))
 
 
@@ -182,7 +205,29 @@ def test_capturable_needs_a_fixed_amortization_and_fixed_refresh_batches():
 def test_train_captures_capturable_sokit_optimizers_on_cuda_only():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for make in (lambda m, **kw: ACP(m, lr=0.1, **kw), lambda m, **kw: KFAC(m, 0.1, "mse", **kw),
-                 lambda m, **kw: CenteredGD(m, lr=0.1, **kw)):
+                 lambda m, **kw: CenteredGD(m, lr=0.1, **kw), lambda m, **kw: NNN(m, lr=0.1, **kw)):
         assert can_capture(make(autoencoder(), capturable=True), cuda)
         assert not can_capture(make(autoencoder(), capturable=True), cpu)
         assert not can_capture(make(autoencoder()), cuda)
+
+
+def test_every_experiment_method_is_captured_on_cuda(monkeypatch):
+    """What ``sokit run`` trains on a GPU: each method of every experiment's full and long
+    profiles gets a capturable optimizer (UBP, which has no capturable form, excepted), and
+    none on the CPU or with ``SOKIT_CAPTURE=0``."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    specs = {json.dumps(spec, sort_keys=True): (config, spec)
+             for exp in catalog.EXPERIMENTS for profile, config in exp.configs.items()
+             if profile in ("full", "long") and isinstance(config.get("methods"), dict)
+             for spec in config["methods"].values() if "prescale" in spec}
+    assert len(specs) >= 10
+    eager = set()
+    for config, spec in specs.values():
+        torch.manual_seed(0)
+        _, opt = methods.build(config, methods.for_device(spec, cuda))
+        if not can_capture(opt, cuda):
+            eager.add(spec["optimizer"])
+        assert methods.for_device(spec, cpu) is spec
+    assert eager == {"ubp"}
+    monkeypatch.setenv("SOKIT_CAPTURE", "0")
+    assert all(methods.for_device(spec, cuda) is spec for _, spec in specs.values())

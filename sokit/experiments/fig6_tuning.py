@@ -29,7 +29,7 @@ from sokit.train import train
 
 from . import fig6
 from .experiment import Experiment
-from .methods import build
+from .methods import build, for_device
 from .runner import prepare_workdir, slug
 from .store import read_json, write_json
 
@@ -75,7 +75,7 @@ def trial_cost(config: dict[str, Any], label: str, hp: dict[str, float],
     spec["prescale"] = hp["prescale"]
     spec["kwargs"].update({k: v for k, v in hp.items() if k != "prescale"})  # lr and the knobs
     torch.manual_seed(config["seed"])
-    model, optimizer = build(config, spec)
+    model, optimizer = build(config, for_device(spec, data.train_x.device))
     res = train(model, optimizer, data, config["loss"], config["updates"],
                 batch_size=config["batch_size"], seed=config["seed"], n_evals=1, eval_subset=200,
                 progress=False)

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from sokit import models, optim
+from sokit.graphs import capture_enabled
 
 MODELS = ("autoencoder", "cifar_mlp", "mlp")
+#: optimizers that take ``capturable=True``: their plain updates replay from a CUDA graph
+#: and their refreshes run eagerly (:class:`sokit.graphs.CapturedStep`)
+CAPTURABLE = frozenset({"acp", "centered", "kfac", "nnn"})
 
 
 def method(optimizer: str, norm: str | None = None, prescale: float | None = None,
@@ -30,6 +35,17 @@ def method(optimizer: str, norm: str | None = None, prescale: float | None = Non
     if prescale is not None:
         spec["prescale"] = prescale
     return spec
+
+
+def for_device(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The method as trained on ``device``: on CUDA, an optimizer of :data:`CAPTURABLE`
+    gets ``capturable=True``, so that :func:`sokit.train.train` captures its step (plain
+    SGD and batch norm are captured as they are); unchanged on the CPU, when the spec sets
+    ``capturable`` itself, or when ``$SOKIT_CAPTURE`` is "0"."""
+    if (device.type != "cuda" or spec["optimizer"] not in CAPTURABLE
+            or "capturable" in spec["kwargs"] or not capture_enabled()):
+        return spec
+    return {**spec, "kwargs": {**spec["kwargs"], "capturable": True}}
 
 
 def build_model(config: dict[str, Any], spec: dict[str, Any]) -> nn.Module:

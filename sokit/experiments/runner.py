@@ -40,6 +40,7 @@ from sokit.device import default_device
 from sokit.train import train
 
 from .methods import build as build_method
+from .methods import for_device
 from .store import read_json, write_json
 
 #: ``build(config, spec) -> (model, optimizer)``, called after seeding; must be a
@@ -127,7 +128,7 @@ def train_method(config: dict[str, Any], label: str, build: Build = build_method
     device = default_device()
     dataset = sokit_data.load(config["dataset"], device=device)
     torch.manual_seed(config["seed"])
-    model, optimizer = build(config, config["methods"][label])
+    model, optimizer = build(config, for_device(config["methods"][label], device))
     result = train(model, optimizer, dataset, config["loss"], config["updates"],
                    batch_size=config["batch_size"], seed=config["seed"],
                    n_evals=config["n_evals"], eval_subset=config["eval_subset"], device=device,

@@ -51,8 +51,8 @@ when its input statistics drift). The optimizers :class:`ACP` and :class:`KFAC` 
 fused by default: each layer's backward computes the direction in place of the weight
 gradient (``fused=False`` rewrites ``.grad`` afterwards; the preconditioners, made to
 serve another optimizer, are unfused by default). ``capturable=True`` (ACP, KFAC,
-centered GD; a fixed amortization) keeps the plain updates replayable from a CUDA graph:
-fixed buffers, a device-side update counter, no host synchronisation, refreshes run
+centered GD, NNN; a fixed amortization) keeps the plain updates replayable from a CUDA
+graph: fixed buffers, a device-side update counter, no host synchronisation, refreshes run
 eagerly when ``refresh_due()`` (:class:`sokit.graphs.CapturedStep`; untested on CUDA
 hardware).
 

@@ -138,6 +138,9 @@ class WhitenedLinear(nn.Module):
         self.register_buffer("coef", like.new_zeros(n_in))
         self.register_buffer("rank", torch.tensor(n_in, device=like.device))
         self._rank = n_in  # int(self.rank), kept on the host (set by refresh and loading)
+        #: capturable (NNN(capturable=True)): always multiply by the dense ``U``, whose
+        #: buffer every refresh overwrites, so that a captured forward stays valid
+        self.dense_only = False
         self.register_load_state_dict_post_hook(_sync_rank)
         #: while not None, every forward appends its (detached) input here (NNN.refresh)
         self.collect: list[Tensor] | None = None
@@ -145,7 +148,8 @@ class WhitenedLinear(nn.Module):
     def _factors(self) -> tuple[Tensor | None, Tensor, Tensor]:
         """``(dense U or None, E, c)`` for :func:`_times` by the cheaper route."""
         r = self._rank
-        return (self.U if 2 * r >= self.in_features else None), self.basis[:, :r], self.coef[:r]
+        dense = self.dense_only or 2 * r >= self.in_features
+        return (self.U if dense else None), self.basis[:, :r], self.coef[:r]
 
     def forward(self, h: Tensor) -> Tensor:
         if self.collect is not None:
@@ -248,13 +252,20 @@ class NNN(LearningRate, torch.optim.Optimizer):
     directions are not whitened; non-finite statistics leave NaN in the layer so that
     the run is recorded as diverged, no exception).
 
+    ``capturable=True``: every layer multiplies by its dense ``U`` (never through the
+    eigenvectors, whose number changes from refresh to refresh), so the plain updates
+    (SGD on ``(V, d)``) read and write fixed buffers and can be replayed from a CUDA graph;
+    ``refresh_due()`` tells the caller that the next update refreshes (it must run
+    eagerly) and ``count_replayed_update()`` counts a replayed one
+    (:class:`sokit.graphs.CapturedStep`, ``tests/test_capturable.py``).
+
     ``state_dict()`` holds the param groups (``lr``) and, under ``"nnn"``,
     ``n_updates``, ``amortization`` and ``eps`` (plain values); ``U`` and ``mu`` are
     buffers of the model, in its ``state_dict``.
     """
 
     def __init__(self, model: nn.Module, lr: float, amortization: int = 100,
-                 eps: float = 1e-3) -> None:
+                 eps: float = 1e-3, capturable: bool = False) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if amortization < 1:
@@ -263,7 +274,10 @@ class NNN(LearningRate, torch.optim.Optimizer):
             raise ValueError(f"eps must be positive (it damps the covariance so that "
                              f"U = (C + eps I)^-1/2 exists), got {eps}")
         layers = prong(model)
-        super().__init__([p for layer in layers for p in (layer.V, layer.d)], {"lr": lr})
+        flag = {"capturable": True} if capturable else {}
+        super().__init__([p for layer in layers for p in (layer.V, layer.d)], {"lr": lr, **flag})
+        for layer in layers:
+            layer.dense_only = capturable
         self.model, self.layers = model, layers
         self.amortization, self.eps = int(amortization), float(eps)
         self.n_updates = 0
@@ -281,10 +295,18 @@ class NNN(LearningRate, torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if params:
                 torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
-        if self.n_updates % self.amortization == 0:
+        if self.refresh_due():
             self.refresh()
         self.n_updates += 1
         return loss
+
+    def refresh_due(self) -> bool:
+        """Whether this update (the next ``step()``) refreshes ``U`` and ``mu``."""
+        return self.n_updates % self.amortization == 0
+
+    def count_replayed_update(self) -> None:
+        """Count one plain update replayed from a captured graph (its Python did not run)."""
+        self.n_updates += 1
 
     @torch.no_grad()
     def refresh(self) -> None:
