@@ -12,6 +12,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     searches.FIG4_1,
     fig5.FIG5_1,
     fig5.FIG5_1_SEARCH,
+    fig5.FIG5_1_PRESCALE,
     fig6.fig6_1(),
     fig6.fig6_2(),
     fig6.fig6_3(),
