@@ -103,6 +103,20 @@ def test_fig5_1_long_uses_the_stored_search_exactly(tmp_path, monkeypatch):
     assert methods["SGD at UBP's learning rate"]["kwargs"]["lr"] == fig5.TUNED["UBP (Gauss-Newton)"]["lr"]
 
 
+def test_fig5_1_prescale_swaps_only_the_prescales_of_the_long_profile():
+    """The probe's UBP differs from the long profile's "SGD at UBP's learning rate" by the
+    update rule alone, and its SGD from the long profile's SGD by the prescale alone."""
+    long = get("fig5_1").configs["long"]
+    probe = get("fig5_1_prescale").configs["long"]
+    assert {k: v for k, v in probe.items() if k != "methods"} == {k: v for k, v in long.items() if k != "methods"}
+    ubp, sgd = probe["methods"]["UBP (Gauss-Newton) at SGD's prescale"], probe["methods"]["SGD at UBP's prescale"]
+    control = long["methods"]["SGD at UBP's learning rate"]
+    assert (ubp["prescale"], ubp["kwargs"]["lr"]) == (control["prescale"], control["kwargs"]["lr"])
+    assert ubp["kwargs"]["hessian"] == long["methods"]["UBP (Gauss-Newton)"]["kwargs"]["hessian"]
+    assert sgd["kwargs"] == long["methods"]["SGD"]["kwargs"]
+    assert sgd["prescale"] == long["methods"]["UBP (Gauss-Newton)"]["prescale"] != long["methods"]["SGD"]["prescale"]
+
+
 def test_fig5_1_search_smoke_runs_ubp_trials(tmp_path, monkeypatch):
     monkeypatch.setenv("SOKIT_RESULTS", str(tmp_path))
     record = load_or_run("fig5_1_search", "smoke")
