@@ -54,3 +54,16 @@ def test_verdict_groups_methods_by_their_ratio_at_the_last_checkpoint():
     verdict = tables.equal_update_verdict({"experiment": "fig6_2", "results": results})
     assert verdict == ("at 1,000 updates, ours / thesis's: agree: SGD 1.20; ours higher: KFAC 3.00; "
                        "ours lower: batch norm + SGD 0.50; diverged: Natural Neural Networks")
+
+
+def test_a_flat_curve_crossing_the_thesis_falling_one_is_not_agreement():
+    """fig5_1's long profile: UBP sits on the plateau (52.8 at 1,000 and 3,000 updates) while
+    the thesis's UBP falls from 82.6 to 59.9; the ratio 0.88 is inside the band."""
+    from sokit.report import tables
+
+    flat = {"updates": [10, 100, 1000, 3000], "train_loss": [60.0, 53.0, 52.8, 52.8], "diverged": False}
+    falling = dict(flat, train_loss=[60.0, 53.0, 52.8, 45.0])
+    verdict = tables.equal_update_verdict({"experiment": "fig5_1", "results": {"UBP (Gauss-Newton)": flat}})
+    assert verdict == "at 3,000 updates, ours / thesis's: ours flat, thesis's falling: UBP (Gauss-Newton) 0.88"
+    verdict = tables.equal_update_verdict({"experiment": "fig5_1", "results": {"UBP (Gauss-Newton)": falling}})
+    assert verdict.endswith("agree: UBP (Gauss-Newton) 0.75")

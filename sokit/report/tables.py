@@ -109,22 +109,38 @@ def equal_updates(record: dict[str, Any], figure: str | None = None,
 
 #: ours and the thesis's "agree" at equal updates within this factor either way
 AGREE = 1.5
+#: a value inside the band is no agreement when, since the previous checkpoint, ours fell by
+#: less than FLAT (relative) while the thesis's fell by more than FALLING: the curves cross
+FLAT, FALLING = 0.01, 0.10
+
+
+def _crossing(row: dict[str, Any], previous: dict[str, Any] | None) -> bool:
+    """Ours flat where the thesis's falls: a ratio near 1 only because the curves cross."""
+    if previous is None:
+        return False
+    return row["ours"] > (1 - FLAT) * previous["ours"] and row["thesis"] < (1 - FALLING) * previous["thesis"]
 
 
 def equal_update_verdict(record: dict[str, Any], figure: str | None = None) -> str:
     """One line per comparison: at our last checkpoint, which methods agree with the
-    thesis's curve within :data:`AGREE` and which are above or below it (ours / thesis's)."""
+    thesis's curve within :data:`AGREE` and which are above or below it (ours / thesis's);
+    inside the band, a curve of ours that is flat where the thesis's falls (see
+    :data:`FLAT`) is "ours flat, thesis's falling", not agreement."""
     rows = equal_updates(record, figure)
     if not rows:
         return "no thesis curve to compare with"
     last = max(r["updates"] for r in rows)
-    groups: dict[str, list[str]] = {"agree": [], "ours higher": [], "ours lower": [], "diverged": []}
+    groups: dict[str, list[str]] = {"agree": [], "ours flat, thesis's falling": [], "ours higher": [],
+                                    "ours lower": [], "diverged": []}
     for r in (r for r in rows if r["updates"] == last):
         if r["diverged"] and not math.isfinite(r["ratio"]):
             groups["diverged"].append(r["method"])
             continue
+        before = [p for p in rows if p["method"] == r["method"] and p["updates"] < last]
         key = ("agree" if 1 / AGREE <= r["ratio"] <= AGREE else "ours higher" if r["ratio"] > AGREE
                else "ours lower")
+        if key == "agree" and _crossing(r, before[-1] if before else None):
+            key = "ours flat, thesis's falling"
         groups[key].append(f"{r['method']} {r['ratio']:.2f}")
     measured = all(r["thesis measured"] for r in rows if r["updates"] == last)
     star = "" if measured else " (thesis before its first evaluation)"
