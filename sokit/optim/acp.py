@@ -82,14 +82,17 @@ def acp_direction(gW: Tensor | None, gb: Tensor, h: Tensor, g: Tensor | None,
     n_out = gb.shape[0]
     mean_h = h.mean(0)
     c, form = inv_c.cost_per_row, B * n_in * n_out
+    db = gb / alpha
     if g is not None and B * c + form < n_out * c + (form if gW is None else 0):
-        dW = g.T @ inv_c.right(h - mean_h, scratch=True).div_(alpha)
+        X = inv_c.right(h - mean_h, scratch=True).div_(alpha)
+        dW = g.T @ X
+        if bias_correction:  # dW mean_h = g^T (X mean_h): B (n_in + n_out), not n_in n_out
+            db = db - g.T @ (X @ mean_h)
     else:
         gWc = g.T @ (h - mean_h) if gW is None else torch.addr(gW, gb, mean_h, alpha=-1)
         dW = inv_c.right(gWc, scratch=True).div_(alpha)
-    db = gb / alpha
-    if bias_correction:
-        db = db - dW @ mean_h
+        if bias_correction:
+            db = db - dW @ mean_h
     return dW, db
 
 
@@ -114,7 +117,9 @@ class ACPPreconditioner(LayerPreconditioner):
             raise ValueError(f"alpha must be a positive number or 'heuristic', got {alpha!r}")
         if not alpha_floor > 0:
             raise ValueError(f"alpha_floor must be positive, got {alpha_floor!r}")
-        super().__init__(model, amortization, skip_unsupported, reduction, fused, capturable)
+        # fused, the backward is handed dl/da: no tensor hook needed to record it
+        super().__init__(model, amortization, skip_unsupported, reduction, fused, capturable,
+                         record_grad=not fused)
         self.eps, self.alpha, self.alpha_floor = eps, alpha, alpha_floor
         self.bias_correction = bias_correction
         self.inverse_c: dict[int, FactorInverse] = {}
@@ -131,6 +136,7 @@ class ACPPreconditioner(LayerPreconditioner):
 
     def fused_direction(self, i: int, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         """The direction of layer ``i`` from inside its backward (``fused=True``)."""
+        self.layers[i].g = g  # what the tensor hook, not registered when fused, would record
         alpha = self._alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
         if self.schedule.due(self.n_updates, i, h):
             self.refresh([(i, h, alpha)])

@@ -72,9 +72,10 @@ class LayerPreconditioner:
     def __init__(self, model: nn.Module,
                  amortization: int | FixedAmortization | AdaptiveAmortization = 1,
                  skip_unsupported: bool = False, reduction: str = "mean",
-                 fused: bool = False, capturable: bool = False) -> None:
+                 fused: bool = False, capturable: bool = False, record_grad: bool = True) -> None:
         self.model = model
-        self.hooks = LinearHooks(model, skip_unsupported=skip_unsupported, reduction=reduction)
+        self.hooks = LinearHooks(model, skip_unsupported=skip_unsupported, reduction=reduction,
+                                 record_grad=record_grad)
         self.schedule = as_schedule(amortization)
         if capturable and not isinstance(self.schedule, FixedAmortization):
             raise ValueError("capturable=True needs a fixed amortization (an int N or a "

@@ -62,15 +62,18 @@ class LinearHooks:
     Any other module that owns parameters (``Conv2d``, ``BatchNorm1d``, ``Embedding``,
     ...) raises :class:`UnsupportedLayerError` naming it, unless
     ``skip_unsupported=True``, in which case it is listed in :attr:`skipped` and the
-    caller leaves its gradient as it is.
+    caller leaves its gradient as it is. ``record_grad=False`` records ``h`` only (no
+    tensor hook per layer and step): for a fused preconditioner whose backward is handed
+    ``dl/da`` directly.
     """
 
     def __init__(self, model: nn.Module, skip_unsupported: bool = False,
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", record_grad: bool = True) -> None:
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum' (how the loss combines "
                              f"examples), got {reduction!r}")
         self.reduction = reduction
+        self.record_grad = record_grad
         self.layers: list[LayerRecord] = []
         self.skipped: list[tuple[str, nn.Module]] = []
         self._mode = "grad"
@@ -103,7 +106,8 @@ class LinearHooks:
                 )
             rec.h = h.detach()
             rec.calls += 1
-            output.register_hook(self._tensor_hook(rec))
+            if self.record_grad:
+                output.register_hook(self._tensor_hook(rec))
 
         return hook
 
