@@ -21,6 +21,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     fig6_tuning.fig6_acp_alpha(),
     fig6_tuning.fig6_3_fashion_hparams(),
     fig6_tuning.fig6_search(),
+    fig6_tuning.fig6_probe_search(),
     fig6_tuning.fig6_3_fashion_search(),
 )
 

@@ -15,6 +15,7 @@ Damping (eps = 1e-3) is not searched; ACP's fixed alpha is held at 1 there, and
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import zlib
 from pathlib import Path
@@ -30,7 +31,7 @@ from sokit.train import train
 from . import fig6
 from .experiment import Experiment
 from .methods import build, for_device
-from .runner import prepare_workdir, slug
+from .runner import map_methods, prepare_workdir, slug
 from .store import read_json, write_json
 
 #: SGD-like methods search the learning rate in the first range, preconditioned ones
@@ -62,8 +63,8 @@ def searcher_seed(config: dict[str, Any], label: str) -> int:
     """The search's own seed: shared by every method in the first searches, one per method
     (a stable hash of the label) in the equal-budget ones, so that no two methods are
     offered the same proposals."""
-    if config.get("searcher_seeds") == "per_method":
-        return config["seed"] + zlib.crc32(label.encode()) % 1_000_000
+    if config.get("searcher_seeds") == "per_method":  # a "searcher_salt" draws other proposals
+        return config["seed"] + zlib.crc32((label + config.get("searcher_salt", "")).encode()) % 1_000_000
     return config["seed"]
 
 
@@ -102,22 +103,36 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 def run_resumable(config: dict[str, Any], workdir: Path | None = None, jobs: int = 1) -> dict[str, Any]:
     """:func:`run`, keeping each method's finished search in ``workdir`` (an interrupted
-    run continues with the methods not yet searched); one process."""
-    if jobs != 1:
-        raise ValueError(f"searches run their methods one after another; use jobs=1, got {jobs}")
+    run continues with the methods not yet searched); ``jobs`` methods at a time, each in
+    its own process (:func:`~sokit.experiments.runner.map_methods`)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     if workdir is not None:
         prepare_workdir(workdir, config)
-    data = sokit_data.load(config["dataset"], device=default_device())
-    out = {}
-    for label in config["methods"]:
-        done = workdir / f"{slug(label)}.json" if workdir is not None else None
-        if done is not None and done.exists():
-            out[label] = read_json(done)
-            continue
-        out[label] = search_method(config, label, data)
-        if done is not None:
-            write_json(done, out[label])
-    return out
+    labels = list(config["methods"])
+    where = str(workdir) if workdir is not None else None
+    if jobs == 1 or len(labels) == 1:
+        data = sokit_data.load(config["dataset"], device=default_device())
+        return {label: _search_kept(config, where, label, data) for label in labels}
+    return map_methods(functools.partial(_search_in_worker, config, where), labels, jobs)
+
+
+def _search_kept(config: dict[str, Any], workdir: str | None, label: str,
+                 data: sokit_data.Dataset) -> dict[str, Any]:
+    """The search of ``label``: read from ``workdir`` when finished there, else run and kept."""
+    done = Path(workdir) / f"{slug(label)}.json" if workdir is not None else None
+    if done is not None and done.exists():
+        return read_json(done)
+    result = search_method(config, label, data)
+    if done is not None:
+        write_json(done, result)
+    return result
+
+
+def _search_in_worker(config: dict[str, Any], workdir: str | None, label: str, threads: int,
+                      position: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    return _search_kept(config, workdir, label, sokit_data.load(config["dataset"], device=default_device()))
 
 
 def searched(task: str, figure: dict[str, fig6.Method], search_alpha: bool) -> dict[str, dict[str, Any]]:
@@ -170,10 +185,12 @@ def fig6_3_fashion_hparams() -> Experiment:
 
 
 def equal_budget(name: str, task: str, dataset: str, model: str, figure: dict[str, fig6.Method],
-                 trials: int, updates: int, tuned_for: int) -> Experiment:
+                 trials: int, updates: int, tuned_for: int, title: str | None = None,
+                 notes: str = "", **extra: Any) -> Experiment:
     """One figure's equal-budget search: every method gets ``trials`` trials of ``updates``
     updates over its log learning rate, log prescale and its own knobs (:data:`KNOBS`;
-    ACP with a fixed alpha also alpha), each method with its own searcher seed."""
+    ACP with a fixed alpha also alpha), each method with its own searcher seed; ``extra``
+    goes into the configuration (e.g. a ``searcher_salt``)."""
     if updates * 10 < tuned_for:
         raise ValueError(f"{name}: trials of {updates} updates are too short to tune runs of {tuned_for:,}")
     plain = {label: make(task, fig6.AMORTIZATION) for label, make in figure.items()}
@@ -185,17 +202,17 @@ def equal_budget(name: str, task: str, dataset: str, model: str, figure: dict[st
         for knob in knobs[label]:
             spec["kwargs"].pop(knob, None)  # searched
     base = dict(fig6.task_base(task, dataset, model), methods=methods, knobs=knobs, lr_range=LR_RANGE,
-                prescale_range=PRESCALE_RANGE[task], searcher_seeds="per_method")
+                prescale_range=PRESCALE_RANGE[task], searcher_seeds="per_method", **extra)
     two = dict(list(methods.items())[:2])
     return Experiment(
-        name, f"Equal-budget biased random search of every {name.split('_search')[0]} method "
+        name, title or f"Equal-budget biased random search of every {name.split('_search')[0]} method "
         f"({trials} trials x {updates:,} updates each)",
         {"smoke": dict(base, trials=2, updates=3, methods=two), "long": dict(base, trials=trials, updates=updates)},
         run_resumable,
         notes=f"Every method gets the same budget, {trials} trials of {updates:,} updates (a tenth of the "
               f"{tuned_for:,}-update runs they tune), over log lr, log prescale and its own knobs "
               "(damping eps of ACP and NNN, damping of KFAC, alpha of fixed-alpha ACP); each method's "
-              "searcher has its own seed; cost: mean of the last 20 minibatch losses.",
+              "searcher has its own seed; cost: mean of the last 20 minibatch losses." + notes,
         resumable=True)
 
 
@@ -207,3 +224,21 @@ def fig6_search() -> Experiment:
 def fig6_3_fashion_search() -> Experiment:
     return equal_budget("fig6_3_fashion_search", "classifier", "fashion-mnist", "mlp", fig6.FIG6_3,
                         trials=10, updates=1000, tuned_for=fig6.LONG_UPDATES)
+
+
+#: the methods of fig6_2 and fig6_1 that the long profile left far from the thesis's curves
+BEHIND = ("KFAC", "Natural Neural Networks", "mean-only batch norm + SGD")
+
+
+def fig6_probe_search() -> Experiment:
+    """A probe of the likeliest cause of those disagreements (5 trials too few): 10 more
+    trials of the same kind for each, with other proposals. Not a retuning (the other
+    methods get none), so nothing is trained from it."""
+    figure = {**fig6.FIG6_2, **fig6.FIG6_1}
+    return equal_budget("fig6_probe_search", "autoencoder", "mnist", "autoencoder",
+                        {label: figure[label] for label in BEHIND}, trials=10, updates=1000,
+                        tuned_for=fig6.LONG_UPDATES, searcher_salt="probe",
+                        title="Probe: 10 more trials x 1,000 updates for KFAC, NNN and mean-only batch norm, "
+                              "the methods fig6_search (5 trials) left far from the thesis",
+                        notes=" A probe, not a retuning: only these three methods get the extra trials, so "
+                              "the long profile keeps fig6_search's equal-budget choices.")

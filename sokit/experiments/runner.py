@@ -16,6 +16,7 @@ exit when the parent dies); the checkpoints written so far are kept for resuming
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -163,14 +164,27 @@ def run_methods(config: dict[str, Any], workdir: Path | None = None, jobs: int =
     progress = show_progress() if progress is None else progress
     if jobs == 1 or len(labels) == 1:
         return {label: train_method(config, label, build, where, progress=progress) for label in labels}
+    return map_methods(functools.partial(_train_one, config, build, where, progress), labels, jobs)
+
+
+def _train_one(config: dict[str, Any], build: Build, workdir: str | None, progress: bool, label: str,
+               threads: int, position: int) -> dict[str, Any]:
+    return train_method(config, label, build, workdir, threads, progress, position)
+
+
+def map_methods(work: Callable[[str, int, int], dict[str, Any]], labels: list[str],
+                jobs: int) -> dict[str, dict[str, Any]]:
+    """``{label: work(label, threads, position)}``, ``jobs`` labels at a time, each in its own
+    spawned process with an equal share of the CPU threads; ``work`` must be picklable (a
+    module-level function or a ``functools.partial`` of one). Ctrl-C terminates the workers
+    at once (what they checkpointed stays); if one fails the others finish first."""
     workers = min(jobs, len(labels))
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                                initargs=(os.getpid(),))
     try:
-        futures = {label: pool.submit(train_method, config, label, build, where, threads, progress, i)
-                   for i, label in enumerate(labels)}
+        futures = {label: pool.submit(work, label, threads, i) for i, label in enumerate(labels)}
         results = {label: futures[label].result() for label in labels}
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C: do not wait hours for the running methods
         _stop(pool)
