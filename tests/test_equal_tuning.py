@@ -63,6 +63,25 @@ def test_an_interrupted_search_continues_with_the_methods_not_yet_searched(tmp_p
     assert calls == [first, second, second] and list(out) == [first, second]
 
 
+def test_a_search_in_parallel_processes_gives_the_sequential_search(tmp_path):
+    config = get("fig6_search").configs["smoke"]
+    sequential = fig6_tuning.run_resumable(config, tmp_path / "one")
+    parallel = fig6_tuning.run_resumable(config, tmp_path / "two", jobs=2)
+    assert list(parallel) == list(config["methods"]) and parallel == sequential
+    assert all(len(r["history"]) == 2 for r in parallel.values())
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.json")) == sorted(
+        p.name for p in (tmp_path / "one").glob("*.json"))  # each method kept as it finished
+
+
+def test_the_probe_search_draws_other_proposals_for_the_methods_left_behind():
+    probe, search = get("fig6_probe_search").configs["long"], get("fig6_search").configs["long"]
+    assert list(probe["methods"]) == list(fig6_tuning.BEHIND)
+    assert probe["updates"] == search["updates"] and probe["trials"] == 2 * search["trials"]
+    for label in fig6_tuning.BEHIND:
+        assert probe["methods"][label] == search["methods"][label] and probe["knobs"][label] == search["knobs"][label]
+        assert fig6_tuning.searcher_seed(probe, label) != fig6_tuning.searcher_seed(search, label)
+
+
 @pytest.mark.parametrize("task, name", [("autoencoder", "fig6_search"), ("classifier", "fig6_3_fashion_search")])
 def test_the_long_profile_uses_the_best_trials_of_the_stored_equal_budget_search(task, name):
     from sokit.experiments import is_current, load
