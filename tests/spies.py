@@ -8,9 +8,9 @@ class Spy:
         self.inv, self.rows = inv, []
         self.cost_per_row = inv.cost_per_row
 
-    def right(self, X, scratch=False):
+    def right(self, X, scratch=False, scale=None):
         self.rows.append(X.shape[0])
-        return self.inv.right(X, scratch)
+        return self.inv.right(X, scratch, scale)
 
     def right_columns(self, X, cols):
         self.rows.append(X.shape[0])

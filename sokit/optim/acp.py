@@ -84,13 +84,13 @@ def acp_direction(gW: Tensor | None, gb: Tensor, h: Tensor, g: Tensor | None,
     c, form = inv_c.cost_per_row, B * n_in * n_out
     db = gb / alpha
     if g is not None and B * c + form < n_out * c + (form if gW is None else 0):
-        X = inv_c.right(h - mean_h, scratch=True).div_(alpha)
+        X = inv_c.right(h - mean_h, scratch=True, scale=1 / alpha)
         dW = g.T @ X
         if bias_correction:  # dW mean_h = g^T (X mean_h): B (n_in + n_out), not n_in n_out
             db = db - g.T @ (X @ mean_h)
     else:
         gWc = g.T @ (h - mean_h) if gW is None else torch.addr(gW, gb, mean_h, alpha=-1)
-        dW = inv_c.right(gWc, scratch=True).div_(alpha)
+        dW = inv_c.right(gWc, scratch=True, scale=1 / alpha)
         if bias_correction:
             db = db - dW @ mean_h
     return dW, db
@@ -137,7 +137,8 @@ class ACPPreconditioner(LayerPreconditioner):
     def fused_direction(self, i: int, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         """The direction of layer ``i`` from inside its backward (``fused=True``)."""
         self.layers[i].g = g  # what the tensor hook, not registered when fused, would record
-        alpha = self._alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
+        alpha = (self._alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
+                 if self.alpha == "heuristic" else float(self.alpha))
         if self.schedule.due(self.n_updates, i, h):
             self.refresh([(i, h, alpha)])
         self._fused_done.add(i)

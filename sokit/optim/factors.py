@@ -92,10 +92,11 @@ class FactorInverse(ABC):
     def cost_per_row(self) -> int:
         """Multiply-adds of :meth:`right` (or :meth:`left`) per vector."""
 
-    def right(self, X: Tensor, scratch: bool = False) -> Tensor:
-        """``X M`` for ``X`` of shape ``(k, n)``; ``scratch``: ``X`` is a temporary that may
-        be overwritten with the result (saves an allocation)."""
-        return self.right_columns(X, [slice(None)])[0]
+    def right(self, X: Tensor, scratch: bool = False, scale: Tensor | float | None = None) -> Tensor:
+        """``X M`` (times ``scale`` when given) for ``X`` of shape ``(k, n)``; ``scratch``:
+        ``X`` is a temporary that may be overwritten with the result (saves an allocation)."""
+        out = self.right_columns(X, [slice(None)])[0]
+        return out if scale is None else out.mul_(scale)
 
     @abstractmethod
     def right_columns(self, X: Tensor, cols: Sequence[slice]) -> list[Tensor]:
@@ -180,10 +181,12 @@ class WoodburyInverse(FactorInverse):
         rows, n = self.root.shape
         return 2 * rows * n
 
-    def right(self, X: Tensor, scratch: bool = False) -> Tensor:
+    def right(self, X: Tensor, scratch: bool = False, scale: Tensor | float | None = None) -> Tensor:
         if not scratch:
-            return super().right(X)
-        return X.addmm_(X @ self.root.T, self.root, alpha=-1).mul_(self.inv_d)
+            return super().right(X, scale=scale)
+        # one pass for 1/d and the scale
+        return X.addmm_(X @ self.root.T, self.root, alpha=-1).mul_(
+            self.inv_d if scale is None else self.inv_d * scale)
 
     def right_columns(self, X: Tensor, cols: Sequence[slice]) -> list[Tensor]:
         P = X @ self.root.T
