@@ -129,15 +129,14 @@ class ACPPreconditioner(LayerPreconditioner):
         """Each layer's ``(C + eps/alpha I)^-1`` as a matrix (formed for Woodbury layers)."""
         return {i: inv.matrix() for i, inv in self.inverse_c.items()}
 
-    def _alpha(self, per_example: Tensor) -> Tensor | float:
-        if self.alpha == "heuristic":
-            return per_example.pow(2).max().clamp_min(self.alpha_floor)
-        return float(self.alpha)
+    def _heuristic_alpha(self, per_example: Tensor) -> Tensor:
+        """``max_{i, j} (nabla_{a_i} l)_j^2``, floored at ``alpha_floor`` (section 6.3.2)."""
+        return per_example.pow(2).max().clamp_min(self.alpha_floor)
 
     def fused_direction(self, i: int, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         """The direction of layer ``i`` from inside its backward (``fused=True``)."""
         self.layers[i].g = g  # what the tensor hook, not registered when fused, would record
-        alpha = (self._alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
+        alpha = (self._heuristic_alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
                  if self.alpha == "heuristic" else float(self.alpha))
         if self.schedule.due(self.n_updates, i, h):
             self.refresh([(i, h, alpha)])
@@ -146,7 +145,7 @@ class ACPPreconditioner(LayerPreconditioner):
 
     def layer_alpha(self, rec: LayerRecord) -> Tensor | float:
         """Fixed alpha, or the max squared per-example preactivation gradient."""
-        return self._alpha(self.hooks.per_example(rec)) if self.alpha == "heuristic" \
+        return self._heuristic_alpha(self.hooks.per_example(rec)) if self.alpha == "heuristic" \
             else float(self.alpha)
 
     @torch.no_grad()
