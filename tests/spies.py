@@ -12,6 +12,10 @@ class Spy:
         self.rows.append(X.shape[0])
         return self.inv.right(X, scratch, scale)
 
+    def right_centered(self, h, mean, scale=1.0):
+        self.rows.append(h.shape[0])
+        return self.inv.right_centered(h, mean, scale)
+
     def right_columns(self, X, cols):
         self.rows.append(X.shape[0])
         return self.inv.right_columns(X, cols)

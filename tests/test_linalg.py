@@ -119,6 +119,10 @@ def test_factor_inverse_forms_are_the_damped_inverse(rows, n, form):
     a, b = inv.right_columns(X, [slice(0, n - 1), slice(n - 1, n)])
     torch.testing.assert_close(torch.cat([a, b], dim=1), X @ want)
     assert a.is_contiguous() and b.is_contiguous()
+    mean, kept = X.mean(0), X.clone()
+    for scale in (1.0, 0.25, torch.tensor(0.25, dtype=torch.float64)):  # ACP's 1/alpha
+        torch.testing.assert_close(inv.right_centered(X, mean, scale), (X - mean) @ want * scale)
+    assert torch.equal(X, kept)  # the inputs are left intact
     torch.testing.assert_close(inverse_from_state(inv.state_dict()).matrix(), want)
 
 

@@ -27,7 +27,8 @@ preconditioners serve any other optimizer (Adam, momentum SGD).
 
 *What a step sees.* :class:`LinearHooks` (:mod:`.hooks`) puts a forward hook on every
 ``nn.Linear`` ``a = W h + b``: it records the layer's input ``h`` and, through a tensor
-hook on ``a``, the gradient ``dl/da`` of the backward pass. Only passes with gradients
+hook on ``a``, the gradient ``dl/da`` of the backward pass (in fused mode the replaced
+``forward`` records ``h`` itself and the fused backward is handed ``dl/da``). Only passes with gradients
 enabled are recorded, so an evaluation under ``torch.no_grad`` between backward and
 step changes nothing. ``step()`` (or ``precondition()``) then uses the records of the
 last forward/backward pair and clears them. NNN and UBP keep their own records (NNN

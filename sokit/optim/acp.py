@@ -67,33 +67,35 @@ def covariance(h: Tensor) -> Tensor:
     return hc.T @ hc / h.shape[0]
 
 
-def acp_direction(gW: Tensor | None, gb: Tensor, h: Tensor, g: Tensor | None,
+def acp_direction(gW: Tensor | None, gb: Tensor | None, h: Tensor, g: Tensor | None,
                   inv_c: FactorInverse, alpha: Tensor | float,
                   bias_correction: bool = True) -> tuple[Tensor, Tensor]:
     """The ACP direction ``(dW, db)``, the step being ``-lr (dW, db)`` (eqs 6.2.4-6.2.5).
 
     ``gW = g^T h`` and ``gb = sum_i g_i`` are the minibatch gradients (mean loss);
-    ``gW=None`` (fused mode) means the gradient is not formed. ``h`` ``(B, n_in)`` is the
-    layer input, ``g`` ``(B, n_out)`` autograd's ``dl/da`` (needed when ``gW`` is None;
-    with ``gW`` given, ``None`` keeps the gradient-side association), ``inv_c`` the
-    damped inverse covariance. Associated by cost (see the module docstring).
+    ``gW=None`` (fused mode) means the gradient is not formed, ``gb=None`` that it is
+    formed from ``g`` where needed. ``h`` ``(B, n_in)`` is the layer input, ``g``
+    ``(B, n_out)`` autograd's ``dl/da`` (needed when ``gW`` is None; with ``gW`` given,
+    ``None`` keeps the gradient-side association), ``inv_c`` the damped inverse
+    covariance. Associated by cost (see the module docstring).
     """
     B, n_in = h.shape
-    n_out = gb.shape[0]
+    n_out = (g if g is not None else gW).shape[1 if g is not None else 0]
     mean_h = h.mean(0)
     c, form = inv_c.cost_per_row, B * n_in * n_out
-    db = gb / alpha
+    inv_alpha = alpha.reciprocal() if isinstance(alpha, Tensor) else 1 / alpha
     if g is not None and B * c + form < n_out * c + (form if gW is None else 0):
-        X = inv_c.right(h - mean_h, scratch=True, scale=1 / alpha)
+        X = inv_c.right_centered(h, mean_h, inv_alpha)  # X = (h - mean h) C^-1 / alpha
         dW = g.T @ X
-        if bias_correction:  # dW mean_h = g^T (X mean_h): B (n_in + n_out), not n_in n_out
-            db = db - g.T @ (X @ mean_h)
-    else:
-        gWc = g.T @ (h - mean_h) if gW is None else torch.addr(gW, gb, mean_h, alpha=-1)
-        dW = inv_c.right(gWc, scratch=True, scale=1 / alpha)
-        if bias_correction:
-            db = db - dW @ mean_h
-    return dW, db
+        # db = g^T 1 / alpha - dW mean_h = g^T (1 / alpha - X mean_h): B (n_in + n_out)
+        db = g.T @ torch.rsub(X @ mean_h, inv_alpha) if bias_correction \
+            else (g.sum(0) if gb is None else gb) * inv_alpha
+        return dW, db
+    gb = g.sum(0) if gb is None else gb
+    gWc = g.T @ (h - mean_h) if gW is None else torch.addr(gW, gb, mean_h, alpha=-1)
+    dW = inv_c.right(gWc, scratch=True, scale=inv_alpha)
+    db = gb * inv_alpha
+    return dW, (db - dW @ mean_h if bias_correction else db)
 
 
 class ACPPreconditioner(LayerPreconditioner):
@@ -129,24 +131,29 @@ class ACPPreconditioner(LayerPreconditioner):
         """Each layer's ``(C + eps/alpha I)^-1`` as a matrix (formed for Woodbury layers)."""
         return {i: inv.matrix() for i, inv in self.inverse_c.items()}
 
-    def _heuristic_alpha(self, per_example: Tensor) -> Tensor:
-        """``max_{i, j} (nabla_{a_i} l)_j^2``, floored at ``alpha_floor`` (section 6.3.2)."""
-        return per_example.pow(2).max().clamp_min(self.alpha_floor)
+    def _heuristic_alpha(self, g: Tensor, per_example_scale: float) -> Tensor:
+        """``max_{i, j} (nabla_{a_i} l)_j^2``, floored at ``alpha_floor`` (section 6.3.2),
+        from autograd's ``g = dl/da`` and ``nabla_{a_i} l = per_example_scale * g_i``: one
+        reduction, ``(scale * max |g|)^2``, with no per-example tensor formed."""
+        low, high = torch.aminmax(g)
+        return torch.maximum(high, low.neg()).mul_(per_example_scale).square_() \
+            .clamp_min_(self.alpha_floor)
 
     def fused_direction(self, i: int, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         """The direction of layer ``i`` from inside its backward (``fused=True``)."""
         self.layers[i].g = g  # what the tensor hook, not registered when fused, would record
-        alpha = (self._heuristic_alpha(g * h.shape[0] if self.hooks.reduction == "mean" else g)
+        alpha = (self._heuristic_alpha(g, self.hooks.per_example_scale(h.shape[0]))
                  if self.alpha == "heuristic" else float(self.alpha))
         if self.schedule.due(self.n_updates, i, h):
             self.refresh([(i, h, alpha)])
         self._fused_done.add(i)
-        return acp_direction(None, g.sum(0), h, g, self.inverse_c[i], alpha, self.bias_correction)
+        return acp_direction(None, None, h, g, self.inverse_c[i], alpha, self.bias_correction)
 
     def layer_alpha(self, rec: LayerRecord) -> Tensor | float:
         """Fixed alpha, or the max squared per-example preactivation gradient."""
-        return self._heuristic_alpha(self.hooks.per_example(rec)) if self.alpha == "heuristic" \
-            else float(self.alpha)
+        if self.alpha != "heuristic":
+            return float(self.alpha)
+        return self._heuristic_alpha(self.hooks.grad(rec), self.hooks.per_example_scale(rec.batch_size))
 
     @torch.no_grad()
     def refresh(self, items: list[tuple[int, Tensor, Tensor | float]]) -> None:

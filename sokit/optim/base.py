@@ -75,7 +75,7 @@ class LayerPreconditioner:
                  fused: bool = False, capturable: bool = False, record_grad: bool = True) -> None:
         self.model = model
         self.hooks = LinearHooks(model, skip_unsupported=skip_unsupported, reduction=reduction,
-                                 record_grad=record_grad)
+                                 record_grad=record_grad, forward_hooks=not fused)
         self.schedule = as_schedule(amortization)
         if capturable and not isinstance(self.schedule, FixedAmortization):
             raise ValueError("capturable=True needs a fixed amortization (an int N or a "
@@ -91,13 +91,18 @@ class LayerPreconditioner:
                 rec.module.forward = self._fused_forward(i, rec.module)
 
     def _fused_forward(self, index: int, module: nn.Linear):
+        rec, record = self.layers[index], self.hooks.record
+
         def forward(h: Tensor) -> Tensor:
             # plain under no_grad, and under torch.func transforms (sokit.curvature's
             # exact quantities of a model with a fused optimizer attached stay exact)
             if not torch.is_grad_enabled() or (not torch.compiler.is_compiling()
                                                and torch._C._functorch.peek_interpreter_stack() is not None):
-                return F.linear(h, module.weight, module.bias)
-            return _FusedLinear.apply(h, module.weight, module.bias, self, index)
+                a = F.linear(h, module.weight, module.bias)
+            else:
+                a = _FusedLinear.apply(h, module.weight, module.bias, self, index)
+            record(rec, h, a)  # in place of the forward hook (none registered when fused)
+            return a
 
         return forward
 

@@ -98,6 +98,19 @@ class FactorInverse(ABC):
         out = self.right_columns(X, [slice(None)])[0]
         return out if scale is None else out.mul_(scale)
 
+    def right_centered(self, h: Tensor, mean: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+        """``(h - mean) M`` times ``scale``, ``h`` left intact: the centering and the scale
+        are one pass, ``scale * h - scale * mean`` (ACP's ``(h - mean h) C^-1 / alpha``)."""
+        return self._centered_times(h, mean, scale) @ self.matrix()
+
+    @staticmethod
+    def _centered_times(h: Tensor, mean: Tensor, scale: Tensor | float) -> Tensor:
+        """``scale * (h - mean)`` in one pass over ``h`` (no tensor made from a float: a
+        captured graph would keep the value of its capture)."""
+        if isinstance(scale, Tensor):
+            return torch.addcmul(mean * -scale, h, scale)
+        return torch.add(mean * -scale, h, alpha=scale)
+
     @abstractmethod
     def right_columns(self, X: Tensor, cols: Sequence[slice]) -> list[Tensor]:
         """``(X M)[:, c]`` for each ``c`` of ``cols`` (each one contiguous)."""
@@ -187,6 +200,10 @@ class WoodburyInverse(FactorInverse):
         # one pass for 1/d and the scale
         return X.addmm_(X @ self.root.T, self.root, alpha=-1).mul_(
             self.inv_d if scale is None else self.inv_d * scale)
+
+    def right_centered(self, h: Tensor, mean: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+        X = self._centered_times(h, mean, self.inv_d * scale)  # 1/d folded in the same pass
+        return X.addmm_(X @ self.root.T, self.root, alpha=-1)
 
     def right_columns(self, X: Tensor, cols: Sequence[slice]) -> list[Tensor]:
         P = X @ self.root.T

@@ -5,7 +5,8 @@ Every method of chapter 6 needs, per layer ``a = W h + b``, the layer's input ``
 loss w.r.t. its preactivation ``a`` (the backpropagated part, Algorithms 3 and 4 line
 "Delta_a_i"). :class:`LinearHooks` records both:
 
-* a forward hook on each ``nn.Linear`` stores its input ``h`` (detached);
+* a forward hook on each ``nn.Linear`` stores its input ``h`` (detached; a fused
+  preconditioner's replaced ``forward`` calls :meth:`LinearHooks.record` instead);
 * inside that hook a tensor hook is registered on the layer's OUTPUT ``a``, so the
   gradient is the one w.r.t. ``a`` itself even when an in-place activation
   (``nn.ReLU(inplace=True)``) later overwrites ``a``, and whatever the model's
@@ -64,11 +65,14 @@ class LinearHooks:
     ``skip_unsupported=True``, in which case it is listed in :attr:`skipped` and the
     caller leaves its gradient as it is. ``record_grad=False`` records ``h`` only (no
     tensor hook per layer and step): for a fused preconditioner whose backward is handed
-    ``dl/da`` directly.
+    ``dl/da`` directly. ``forward_hooks=False`` registers no module hook: the layers'
+    own (replaced) ``forward`` calls :meth:`record` (a fused preconditioner's, which
+    saves the hook dispatch of every layer and step).
     """
 
     def __init__(self, model: nn.Module, skip_unsupported: bool = False,
-                 reduction: str = "mean", record_grad: bool = True) -> None:
+                 reduction: str = "mean", record_grad: bool = True,
+                 forward_hooks: bool = True) -> None:
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum' (how the loss combines "
                              f"examples), got {reduction!r}")
@@ -91,25 +95,30 @@ class LinearHooks:
                 self.skipped.append((name, module))
         if not self.layers:
             raise ValueError("model has no nn.Linear layer to precondition")
-        for rec in self.layers:
-            rec.handles.append(rec.module.register_forward_hook(self._forward_hook(rec)))
+        if forward_hooks:
+            for rec in self.layers:
+                rec.handles.append(rec.module.register_forward_hook(self._forward_hook(rec)))
 
     def _forward_hook(self, rec: LayerRecord):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if not (torch.is_grad_enabled() and output.requires_grad):
-                return
-            h = inputs[0]
-            if h.dim() != 2:
-                raise ValueError(
-                    f"layer {rec.name!r}: sokit.optim expects 2-D inputs (batch, features) "
-                    f"to nn.Linear, got shape {tuple(h.shape)}; flatten the extra dimensions"
-                )
-            rec.h = h.detach()
-            rec.calls += 1
-            if self.record_grad:
-                output.register_hook(self._tensor_hook(rec))
+            self.record(rec, inputs[0], output)
 
         return hook
+
+    def record(self, rec: LayerRecord, h: Tensor, output: Tensor) -> None:
+        """Record one forward call of ``rec``'s layer, input ``h``, output ``output`` (what
+        the forward hook does; called by the layer itself with ``forward_hooks=False``)."""
+        if not (torch.is_grad_enabled() and output.requires_grad):
+            return
+        if h.dim() != 2:
+            raise ValueError(
+                f"layer {rec.name!r}: sokit.optim expects 2-D inputs (batch, features) "
+                f"to nn.Linear, got shape {tuple(h.shape)}; flatten the extra dimensions"
+            )
+        rec.h = h.detach()
+        rec.calls += 1
+        if self.record_grad:
+            output.register_hook(self._tensor_hook(rec))
 
     def _tensor_hook(self, rec: LayerRecord):
         def hook(grad: Tensor) -> None:
@@ -134,12 +143,22 @@ class LinearHooks:
         finally:
             self._mode = "grad"
 
-    def per_example(self, rec: LayerRecord) -> Tensor:
-        """``nabla_{a_i} l`` for each example, from the main backward's ``dl/da``."""
+    def per_example_scale(self, batch_size: int) -> int:
+        """``B`` (``reduction="mean"``) or 1: ``nabla_{a_i} l = per_example_scale * dl/da_i``."""
+        return batch_size if self.reduction == "mean" else 1
+
+    @staticmethod
+    def grad(rec: LayerRecord) -> Tensor:
+        """The main backward's ``dl/da`` (raises if no backward pass was recorded)."""
         if rec.g is None:
             raise RuntimeError(f"layer {rec.name!r}: no backward pass was recorded; call "
                                "loss.backward() before step()/precondition()")
-        return rec.g * rec.batch_size if self.reduction == "mean" else rec.g
+        return rec.g
+
+    def per_example(self, rec: LayerRecord) -> Tensor:
+        """``nabla_{a_i} l`` for each example, from the main backward's ``dl/da``."""
+        g = self.grad(rec)
+        return g * rec.batch_size if self.reduction == "mean" else g
 
     def check_one_forward(self) -> None:
         """Raise if a layer ran more than once with gradients since the last clear."""
