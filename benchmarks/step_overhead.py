@@ -23,6 +23,9 @@ batch 200) run as bare ``torch.mm`` at those shapes, which also gives this machi
 matmul rate. On CUDA, ACP, KFAC, NNN and centered GD are built with ``capturable=True`` and
 each step that ``sokit.train.can_capture`` accepts (and the floor) is a replayed CUDA
 graph, refresh steps eager, as ``sokit.train`` runs it; ``--eager`` turns that off.
+Two ablations of heuristic-alpha ACP, timed in the same rounds, split its cost over SGD
+into the fused layers' machinery, ACP's own vector work, and applying ``C^-1``
+(:data:`ABLATIONS`; they are not methods and have no target).
 
     nice python benchmarks/step_overhead.py [--rounds R] [--note TEXT]   # the measured run
     python benchmarks/step_overhead.py --quick --out /tmp/x                # a smoke run, seconds
@@ -137,9 +140,55 @@ def methods() -> dict[str, dict[str, Any]]:
     return {**specs, "KFAC (Gauss-Newton)": gn}
 
 
+#: Ablations of heuristic-alpha ACP (not methods: they take other steps), timed in the same run
+#: so that its cost splits into the fused layers' machinery, ACP's own vector work, and the
+#: inverse: each patches the preconditioner of an otherwise identical ACP contender.
+ACP_PARTS = "ACP, heuristic alpha"
+ABLATIONS = {
+    "ablation: ACP's fused layers, plain gradient": "plain_gradient",
+    "ablation: ACP with C^-1 = I": "no_inverse",
+}
+
+
+class _NoInverse:
+    """``C^-1`` replaced by the identity, with the real inverse's cost (so the same association)."""
+
+    def __init__(self, inverse: Any) -> None:
+        self.cost_per_row = inverse.cost_per_row
+
+    @staticmethod
+    def right_centered(h: torch.Tensor, mean: torch.Tensor, scale: Any = 1.0) -> torch.Tensor:
+        return (h - mean) * scale
+
+    @staticmethod
+    def right(X: torch.Tensor, scratch: bool = False, scale: Any = None) -> torch.Tensor:
+        return X if scale is None else X * scale
+
+
+def ablate(part: str) -> Callable[[Any], None]:
+    """The patch of one ablation (see :data:`ABLATIONS`)."""
+    def plain_gradient(pre: Any) -> None:
+        def fused_direction(i: int, h: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            pre.layers[i].g = g
+            pre._fused_done.add(i)
+            return g.T @ h, g.sum(0)
+
+        pre.fused_direction = fused_direction
+
+    def no_inverse(pre: Any) -> None:
+        def keep(table: dict, i: int, new: Any) -> None:
+            table[i] = _NoInverse(new)
+
+        pre.keep = keep
+
+    return {"plain_gradient": plain_gradient, "no_inverse": no_inverse}[part]
+
+
 def sokit_contender(label: str, spec: dict[str, Any], dataset: data.Dataset, device: torch.device,
-                    every: int, steps: int, graph: bool) -> Contender:
-    """sokit's training step of one method, on its own stream of real minibatches."""
+                    every: int, steps: int, graph: bool,
+                    patch: Callable[[Any], None] | None = None) -> Contender:
+    """sokit's training step of one method, on its own stream of real minibatches; ``patch``
+    (an ablation) is applied to the optimizer's preconditioner before the first step."""
     spec = copy.deepcopy(spec)
     refreshes = "amortization" in spec["kwargs"]
     if refreshes:
@@ -149,6 +198,8 @@ def sokit_contender(label: str, spec: dict[str, Any], dataset: data.Dataset, dev
     torch.manual_seed(0)
     model = build_model({"model": "autoencoder"}, spec).to(device)
     optimizer = build_optimizer(spec["optimizer"], model, **spec["kwargs"])
+    if patch is not None:
+        patch(optimizer.preconditioner)
     batches = Batches(dataset, seed=0)
     train_step = _make_step(model, optimizer, "mse", batches.x, batches.x, _Run(steps, device, torch.float32))
     captured = graph and can_capture(optimizer, device)
@@ -249,9 +300,14 @@ def contenders(dataset: data.Dataset, device: torch.device, every: int, steps: i
                              info={"mode": "cuda_graph" if captured else "eager", "flops": floor_flops()}))
     if wanted(BARE):
         out.append(bare_contender(dataset, device, graph))
-    for label, spec in methods().items():
+    specs = methods()
+    for label, spec in specs.items():
         if wanted(label):
             out.append(sokit_contender(label, spec, dataset, device, every, steps, graph))
+    for label, part in ABLATIONS.items():
+        if wanted(label):
+            out.append(sokit_contender(label, specs[ACP_PARTS], dataset, device, every, steps, graph,
+                                       patch=ablate(part)))
     if wanted(ASDL):
         try:
             out.append(asdl_contender(dataset, device, every))
@@ -325,6 +381,22 @@ def ratios(rows: dict[str, dict[str, Any]]) -> None:
             row["met"] = all(ok for _, ok in checks)
 
 
+def parts_of_acp(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Heuristic-alpha ACP's cost over SGD split by the ablations (x SGD, medians, same run)."""
+    labels = [SGD, *ABLATIONS, ACP_PARTS]
+    if not all(label in rows for label in labels):
+        return []
+    sgd, plain, no_inverse, acp = (rows[label]["median_ms"] for label in labels)
+    parts = [("fused layers' machinery (hooks, autograd.Function, bookkeeping)", plain - sgd),
+             ("ACP's vector work (centering, bias correction, alpha) and refreshes amortized",
+              no_inverse - plain),
+             ("applying C^-1 (Woodbury / dense) between refreshes", acp - no_inverse)]
+    lines = ["", f"Where {ACP_PARTS}'s time over SGD goes (x SGD, from the ablation rows):", "",
+             "| part | x SGD |", "|---|---|"]
+    lines += [f"| {name} | {ms / sgd:+.3f} |" for name, ms in parts]
+    return lines + [f"| total | {acp / sgd - 1:+.3f} |"]
+
+
 def markdown(record: dict[str, Any]) -> str:
     m, rows = record["machine"], record["methods"]
     load = record["load_average"]
@@ -360,6 +432,7 @@ def markdown(record: dict[str, Any]) -> str:
                      f"{row.get('target', '')} | {met} |")
     for label, why in record["not_run"].items():
         lines.append(f"| {label} | - | not run: {why} | | | | | | |")
+    lines += parts_of_acp(rows)
     lines += ["", "Plain and refresh steps (medians, ms):", "",
               "| method | plain | refresh | steps timed (plain + refresh) |", "|---|---|---|---|"]
     for label, row in rows.items():

@@ -14,7 +14,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import step_overhead  # noqa: E402
 
 LABELS = ["matmul floor", "PyTorch SGD (bare)", "SGD", "ACP, fixed alpha", "KFAC (natural gradient)",
-          "ASDL KFAC"]
+          "ASDL KFAC", "ACP, heuristic alpha", *step_overhead.ABLATIONS]
 
 
 def test_floor_counts_the_matmuls_of_one_sgd_step():
@@ -46,7 +46,8 @@ def test_every_contender_is_timed_in_every_round(smoke):
         assert sorted(order) == sorted(record["methods"])
     every = record["refresh_every"]
     for label, row in record["methods"].items():
-        refreshes = label in ("ACP, fixed alpha", "KFAC (natural gradient)", "ASDL KFAC")
+        refreshes = label in ("ACP, fixed alpha", "KFAC (natural gradient)", "ASDL KFAC",
+                              "ACP, heuristic alpha", *step_overhead.ABLATIONS)
         assert row["refresh_steps"] == (record["rounds"] if refreshes else 0), label
         assert row["plain_steps"] + row["refresh_steps"] == record["rounds"] * every
         assert 0 < row["min_ms"] <= row["median_ms"]
@@ -69,3 +70,42 @@ def test_ratios_targets_and_provenance(smoke):
     assert len(record["load_average"]["before"]) == len(record["load_average"]["after"]) == 3
     assert "| method | mode | ms/step (median) |" in table and "x ASDL KFAC" in table
     assert "GFLOP/s" in table and table.count("\n| ACP, fixed alpha |") == 2
+
+
+def test_ablations_split_acp_cost_into_parts_that_add_up(smoke):
+    """The ablations take other steps than ACP (plain gradient; C^-1 = I) and the parts
+    table splits heuristic-alpha ACP's cost over SGD into them, summing to the total."""
+    record, table = smoke
+    rows = record["methods"]
+    sgd = rows["SGD"]["median_ms"]
+    parts = [float(line.rsplit("|", 2)[1]) for line in table.splitlines()
+             if line.startswith(("| fused layers'", "| ACP's vector work", "| applying C^-1"))]
+    total = next(float(line.rsplit("|", 2)[1]) for line in table.splitlines() if line.startswith("| total |"))
+    assert len(parts) == 3 and sum(parts) == pytest.approx(total, abs=2e-3)
+    assert total == pytest.approx(rows["ACP, heuristic alpha"]["median_ms"] / sgd - 1, abs=1e-3)
+
+
+def test_ablation_patches_change_the_direction_and_keep_the_records():
+    """plain_gradient gives g^T h; no_inverse stores an identity with the real inverse's cost."""
+    import torch
+
+    from sokit import models
+    from sokit.optim import ACP
+
+    torch.manual_seed(0)
+    model = models.mlp([6, 5, 4], "sigmoid", "sigmoid", 1.0)
+    x = torch.rand(3, 6)
+    for part in step_overhead.ABLATIONS.values():
+        opt = ACP(model, lr=0.1, alpha="heuristic", amortization=2)
+        step_overhead.ablate(part)(opt.preconditioner)
+        out = model(x)
+        h = opt.preconditioner.layers[0].h.clone()
+        ((out - x[:, :4]) ** 2).mean().backward()
+        g = opt.preconditioner.layers[0].g
+        if part == "plain_gradient":
+            torch.testing.assert_close(model[0].weight.grad, g.T @ h)
+        else:
+            inv = opt.preconditioner.inverse_c[0]
+            assert isinstance(inv, step_overhead._NoInverse) and inv.cost_per_row > 0
+        opt.step()
+        opt.preconditioner.remove()
