@@ -218,7 +218,8 @@ def train(
     schedule (for a classifier also "train_error" and "test_error", the fractions
     misclassified), "minibatch_loss" (every update, or means over windows of
     "minibatch_every" updates), "diverged", "diverged_at", "wall_clock_s" and
-    "cuda_graph".
+    "cuda_graph", and "diagnostics" when the optimizer's ``diagnostics()`` kept any
+    (UBP with ``monitor=True``).
     """
     device = torch.device(device) if device is not None else data.train_x.device
     if data.train_x.device != device:
@@ -316,5 +317,7 @@ def train(
     mb, window = _subsample(run.minibatch[:done].cpu().numpy().astype(np.float64))
     if run.curve["diverged"]:
         save()
+    diagnostics = getattr(optimizer, "diagnostics", dict)()  # what the optimizer kept per update
     return {**run.curve, "minibatch_loss": mb, "minibatch_every": window,
-            "wall_clock_s": run.seconds, "cuda_graph": isinstance(step_fn, CapturedStep) and step_fn.captured}
+            "wall_clock_s": run.seconds, "cuda_graph": isinstance(step_fn, CapturedStep) and step_fn.captured,
+            **({"diagnostics": diagnostics} if diagnostics else {})}

@@ -145,6 +145,20 @@ def test_fig5_1_prescale_swaps_only_the_prescales_of_the_long_profile():
     assert sgd["prescale"] == long["methods"]["UBP (Gauss-Newton)"]["prescale"] != long["methods"]["SGD"]["prescale"]
 
 
+def test_fig5_1_setback_reruns_the_probes_ubp_arm_with_the_monitor_only():
+    """Same config as the probe (but the shorter run and its evaluations), same UBP spec but
+    monitor=True: the same trajectory, with the relative corrections kept."""
+    probe = get("fig5_1_prescale").configs["long"]
+    setback = get("fig5_1_setback").configs["long"]
+    other = ("methods", "updates", "n_evals")
+    assert {k: v for k, v in setback.items() if k not in other} == {k: v for k, v in probe.items() if k not in other}
+    ((label, spec),) = setback["methods"].items()
+    want = probe["methods"][label]
+    assert spec["kwargs"] == {**want["kwargs"], "monitor": True}
+    assert {k: v for k, v in spec.items() if k != "kwargs"} == {k: v for k, v in want.items() if k != "kwargs"}
+    assert 1_540 < setback["updates"] < probe["updates"]
+
+
 def test_fig5_1_search_smoke_runs_ubp_trials(tmp_path, monkeypatch):
     monkeypatch.setenv("SOKIT_RESULTS", str(tmp_path))
     record = load_or_run("fig5_1_search", "smoke")

@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import hessian as func_hessian
 
 from sokit import curvature, losses
-from sokit.optim.ubp import UBP, Curvature, blocks, carried_jacobians, ubp_sweep
+from sokit.optim.ubp import UBP, Curvature, backprop_signals, blocks, carried_jacobians, relative_corrections, ubp_sweep
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -297,3 +297,37 @@ def test_train_loop_runs_ubp_as_the_manual_sweeps():
                 blk.linear.bias += s.db
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_monitor_keeps_the_relative_correction_of_each_update_and_train_returns_it(tmp_path):
+    """backprop_signals are autograd's dL/dh; the monitored relative correction of each
+    update is |UBP - BP| / |BP| of the sweep at the weights before it (zero at lr 0), it
+    survives a checkpoint, and train() returns it as diagnostics."""
+    from sokit.data import Dataset
+    from sokit.train import train
+
+    model, (x, y) = tiny(), batch("mse")
+    inputs, preacts, out, g = record(model, x, y, "mse")
+    plain = backprop_signals(model, preacts, g)
+    for k, p in enumerate(plain, start=1):
+        torch.testing.assert_close(p, plain_signal(model, inputs, k, y, "mse"))
+    steps = ubp_sweep(model, inputs, preacts, out, g, "mse", 0.3, "gn")
+    want = [((s.signal - p).norm() / p.norm()).item() for s, p in zip(steps[1:], plain)]
+    assert relative_corrections(steps, plain) == pytest.approx(want) and min(want) > 0
+    assert relative_corrections(ubp_sweep(model, inputs, preacts, out, g, "mse", 0.0), plain) == [0.0] * 3
+
+    opt = UBP(model, lr=0.3, loss="mse", hessian="gn", monitor=True)
+    losses.mse_sum(model(x), y).backward()
+    opt.step()
+    assert opt.corrections == [pytest.approx(want)]
+    other = UBP(tiny(), lr=0.3, loss="mse", monitor=True)
+    other.load_state_dict(opt.state_dict())
+    assert other.corrections == opt.corrections
+    assert UBP(tiny(), lr=0.3, loss="mse").diagnostics() == {}
+
+    data = Dataset("toy", x, torch.zeros(6, dtype=torch.long), x, torch.zeros(6, dtype=torch.long))
+    m = tiny()
+    res = train(m, UBP(m, lr=0.3, loss="mse", monitor=True), data, "mse", 4, batch_size=3, seed=0,
+                n_evals=2, progress=False, checkpoint=tmp_path / "ubp.pt")
+    assert len(res["diagnostics"]["relative_correction"]) == 4
+    assert all(len(c) == 3 and min(c) > 0 for c in res["diagnostics"]["relative_correction"])

@@ -13,6 +13,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     fig5.FIG5_1,
     fig5.FIG5_1_SEARCH,
     fig5.FIG5_1_PRESCALE,
+    fig5.FIG5_1_SETBACK,
     fig6.fig6_1(),
     fig6.fig6_2(),
     fig6.fig6_3(),

@@ -170,3 +170,28 @@ FIG5_1_PRESCALE = Experiment(
           "rule, keeps UBP on the mean-image plateau. Same budget, data, seed and evaluation as fig5_1 long.",
     resumable=True,
 )
+
+#: the setback of the probe's UBP arm came near update 1,540: run past it
+SETBACK_UPDATES = 1_700
+
+
+def setback_methods() -> dict[str, dict[str, Any]]:
+    """The probe's "UBP (Gauss-Newton) at SGD's prescale", monitoring its correction."""
+    label = "UBP (Gauss-Newton) at SGD's prescale"
+    spec = prescale_swap_methods()[label]
+    return {label: dict(spec, kwargs={**spec["kwargs"], "monitor": True})}
+
+
+FIG5_1_SETBACK = Experiment(
+    "fig5_1_setback",
+    "Figure 5.1, the probe's setback: UBP's relative correction at every update of its UBP run",
+    {"smoke": dict(BASE, methods=setback_methods(), batch_size=20, updates=5, eval_subset=200, n_evals=3),
+     "long": dict(BASE, methods=setback_methods(), batch_size=BATCH, updates=SETBACK_UPDATES,
+                  eval_subset=10_000, n_evals=10)},
+    run,
+    notes=f"The UBP (Gauss-Newton) arm of fig5_1_prescale long (same settings, seed and minibatches, so the "
+          f"same trajectory) for its first {SETBACK_UPDATES:,} updates, past the setback near update 1,540, "
+          "with UBP(monitor=True): at every update the relative correction |UBP - BP| / |BP| of the signal "
+          "below each layer (section 5.5), before the update is applied.",
+    resumable=True,
+)

@@ -286,6 +286,24 @@ def ubp_sweep(
     return steps[::-1]
 
 
+def backprop_signals(model: nn.Sequential, preacts: list[Tensor], grad_output: Tensor) -> list[Tensor]:
+    """Plain backpropagation's ``dL/dh`` of each block's input, blocks ``1..K-1`` (bottom
+    first): the signals that :func:`ubp_sweep`'s ``LayerStep.signal`` corrects."""
+    bl = blocks(model)
+    dh, out = grad_output.detach(), []
+    with torch.no_grad():
+        for k in reversed(range(1, len(bl))):
+            dh = (dh * bl[k].derivative(preacts[k].detach())) @ bl[k].linear.weight.detach()
+            out.append(dh)
+    return out[::-1]
+
+
+def relative_corrections(steps: list[LayerStep], plain: list[Tensor]) -> list[float]:
+    """``|UBP signal - BP signal| / |BP signal|`` below each block ``1..K-1`` (bottom first):
+    the size of Algorithm 2's correction against the signal it corrects (section 5.5)."""
+    return [float((s.signal - p).norm() / p.norm()) for s, p in zip(steps[1:], plain)]
+
+
 class UBP(torch.optim.Optimizer):
     """Updated backpropagation (Algorithm 2) as a ``torch.optim`` optimizer.
 
@@ -298,10 +316,14 @@ class UBP(torch.optim.Optimizer):
         opt.zero_grad(); loss.backward(); opt.step()
 
     It plugs into :func:`sokit.train.train` unchanged (which checks that its loss is
-    the ``loss`` UBP was built for).
+    the ``loss`` UBP was built for). ``monitor=True`` keeps, for every update, the
+    :func:`relative_corrections` of its sweep (:attr:`corrections`, in the state dict and
+    in :meth:`diagnostics`, which :func:`~sokit.train.train` adds to its result): how close
+    each update came to section 5.5's explosion.
     """
 
-    def __init__(self, model: nn.Sequential, lr: float, loss: str, hessian: str = "gn") -> None:
+    def __init__(self, model: nn.Sequential, lr: float, loss: str, hessian: str = "gn",
+                 monitor: bool = False) -> None:
         if lr < 0:
             raise ValueError(f"lr must be non-negative, got {lr}")
         if hessian not in HESSIANS:
@@ -313,6 +335,8 @@ class UBP(torch.optim.Optimizer):
         super().__init__(model.parameters(), {"lr": lr})
         self._record: dict[str, Any] = {}
         self._recording = True
+        self.monitor = monitor
+        self.corrections: list[list[float]] = []
         self._handles = [b.linear.register_forward_hook(self._keep_layer(k)) for k, b in enumerate(self.blocks)]
         self._handles.append(model.register_forward_hook(self._keep_output))
 
@@ -361,6 +385,9 @@ class UBP(torch.optim.Optimizer):
                 self.model, rec["inputs"], rec["preacts"], rec["output"], rec["grad_output"],
                 self.loss, self.param_groups[0]["lr"], self.hessian,
             )
+            if self.monitor:  # before the update: the signals of the weights the sweep saw
+                plain = backprop_signals(self.model, rec["preacts"], rec["grad_output"])
+                self.corrections.append(relative_corrections(steps, plain))
         finally:
             self._recording = True
             self._record = {}
@@ -369,3 +396,16 @@ class UBP(torch.optim.Optimizer):
             if s.db is not None:
                 blk.linear.bias.add_(s.db)
         return value
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``{"relative_correction": corrections}`` (one list per update, bottom first) when
+        monitoring, else ``{}``."""
+        return {"relative_correction": self.corrections} if self.monitor else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "corrections": [list(c) for c in self.corrections]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        self.corrections = [list(c) for c in state.pop("corrections", [])]
+        super().load_state_dict(state)
