@@ -135,3 +135,20 @@ def test_scatter_figures_are_legible_at_the_book_width():
         fig = draw(stored)
         check_legible(fig)
         plt.close(fig)
+
+
+def test_plot_correction_draws_the_loss_and_every_layers_correction_from_start():
+    """Top: the minibatch loss from update ``start``; bottom: one log-scale line per layer
+    and the dashed level 1 (the signal's own size)."""
+    corrections = [[0.1 * (1 + t) * (k + 1) for k in range(3)] for t in range(20)]
+    run_ = {"minibatch_loss": [50.0 - t for t in range(10)], "minibatch_every": 2,
+            "diagnostics": {"relative_correction": corrections}}
+    fig = plots.plot_correction(run_, start=6)
+    top, bottom = fig.axes
+    (loss,) = top.get_lines()
+    assert list(loss.get_xdata()) == [6, 8, 10, 12, 14, 16, 18] and loss.get_ydata()[0] == 47.0
+    lines = bottom.get_lines()
+    assert bottom.get_yscale() == "log" and len(lines) == 4
+    assert list(lines[0].get_xdata()) == list(range(6, 20)) and lines[2].get_ydata()[0] == pytest.approx(2.1)
+    assert lines[-1].get_linestyle() == "--" and list(lines[-1].get_ydata()) == [1.0, 1.0]
+    plt.close(fig)

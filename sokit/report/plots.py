@@ -6,6 +6,8 @@
   baseline of chapter 2 is drawn against the thesis's SGD curve of Figure 6.2.
 * Figures 2.2 and 4.1: the searched points over the 1-NN interpolated cost landscape
   (:func:`plot_fig2_2`, :func:`plot_fig4_1`).
+* UBP's monitored correction against its minibatch loss, update by update
+  (:func:`plot_correction`, ``fig5_1_setback``).
 
 Every figure is sized for the book's content width (about 750 px): :data:`WIDTH_IN`
 inches at :data:`DPI`, with tick labels, axis labels and legends at :data:`FONT_PT`
@@ -319,4 +321,32 @@ def plot_fig2_2(record: dict[str, Any]):
     ax.set_ylabel("log10 prescale\n(initial weight variance x n_in)")
     _legible(ax)
     _legible_colorbar(fig.colorbar(im, ax=ax, label="log10 final training MSE"))
+    return fig
+
+
+def plot_correction(run: Mapping[str, Any], start: int = 0) -> Figure:
+    """A ``UBP(monitor=True)`` run from update ``start`` on: its minibatch loss (top) and the
+    relative correction ``|UBP - BP| / |BP|`` below each layer (bottom, log y, the signal's
+    own size dashed), against the update."""
+    corrections = np.array(run["diagnostics"]["relative_correction"])
+    every = run["minibatch_every"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(WIDTH_IN, 5.6), dpi=DPI, sharex=True,
+                                      layout="constrained", height_ratios=(1, 1.4))
+    loss = np.array(run["minibatch_loss"])
+    updates = np.arange(len(loss)) * every
+    keep = updates >= start
+    top.plot(updates[keep], loss[keep], color="C1", lw=1)
+    top.set_ylabel("minibatch MSE")
+    steps = np.arange(len(corrections))
+    for k in range(corrections.shape[1]):
+        bottom.plot(steps[start:], corrections[start:, k], lw=1, color=plt.cm.viridis(k / corrections.shape[1]),
+                    label=f"below layer {k + 2}")
+    bottom.axhline(1.0, color="black", ls="--", lw=1)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("|UBP - BP| / |BP|")
+    bottom.set_xlabel("update")
+    bottom.legend(fontsize=FONT_PT - 3, ncol=4, loc="upper left")
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.4)
+        _legible(ax)
     return fig
