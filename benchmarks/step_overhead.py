@@ -58,6 +58,7 @@ from sokit.experiments.provenance import now
 from sokit.graphs import WARMUP as GRAPH_WARMUP
 from sokit.graphs import CapturedStep
 from sokit.optim import build as build_optimizer
+from sokit.optim.factors import FactorInverse
 from sokit.train import _make_step, _Run, can_capture
 
 BATCH, AMORTIZATION = 200, 100
@@ -158,7 +159,7 @@ class _NoInverse:
 
     @staticmethod
     def right_centered(h: torch.Tensor, mean: torch.Tensor, scale: Any = 1.0) -> torch.Tensor:
-        return (h - mean) * scale
+        return FactorInverse._centered_times(h, mean, scale)  # ACP's own one-pass centering
 
     @staticmethod
     def right(X: torch.Tensor, scratch: bool = False, scale: Any = None) -> torch.Tensor:
