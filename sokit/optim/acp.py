@@ -80,7 +80,7 @@ def acp_direction(gW: Tensor | None, gb: Tensor | None, h: Tensor, g: Tensor | N
     covariance. Associated by cost (see the module docstring).
     """
     B, n_in = h.shape
-    n_out = (g if g is not None else gW).shape[1 if g is not None else 0]
+    n_out = g.shape[1] if g is not None else gW.shape[0]
     mean_h = h.mean(0)
     c, form = inv_c.cost_per_row, B * n_in * n_out
     inv_alpha = alpha.reciprocal() if isinstance(alpha, Tensor) else 1 / alpha
