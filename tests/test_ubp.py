@@ -308,7 +308,8 @@ def test_monitor_keeps_the_relative_correction_of_each_update_and_train_returns_
 
     model, (x, y) = tiny(), batch("mse")
     inputs, preacts, out, g = record(model, x, y, "mse")
-    plain = backprop_signals(model, preacts, g)
+    bl = blocks(model)
+    plain = backprop_signals([b.linear.weight for b in bl], [b.derivative(a) for b, a in zip(bl, preacts)], g)
     for k, p in enumerate(plain, start=1):
         torch.testing.assert_close(p, plain_signal(model, inputs, k, y, "mse"))
     steps = ubp_sweep(model, inputs, preacts, out, g, "mse", 0.3, "gn")

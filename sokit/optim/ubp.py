@@ -153,6 +153,18 @@ def _output_hessian_apply(output: Tensor, d: Tensor, loss: str) -> Tensor:
     return (p * d - p * (p * d).sum(dim=1, keepdim=True)) / b
 
 
+def backprop_signals(weights: list[Tensor], fprime: list[Tensor], grad_output: Tensor) -> list[Tensor]:
+    """Plain backpropagation's ``dL/dh`` of each block's input, blocks ``1..K-1`` (bottom
+    first), from every block's weight and ``f'(a)``: the signals that :func:`ubp_sweep`'s
+    ``LayerStep.signal`` corrects."""
+    dh, out = grad_output.detach(), []
+    with torch.no_grad():
+        for k in reversed(range(1, len(weights))):
+            dh = (dh * fprime[k]) @ weights[k]
+            out.append(dh)
+    return out[::-1]
+
+
 @dataclass
 class Curvature:
     """``(d2L/da_k^2) v`` (``"exact"``) or its Gauss-Newton part ``J^T (d2L/df2) J v``
@@ -183,10 +195,8 @@ class Curvature:
         fsecond = grad_h = None
         if hessian == "exact":
             fsecond = [blk.second_derivative(a.detach()) for blk, a in zip(bl, preacts)]
-            grad_h = [grad_output.detach()]  # dL/dh of each block's output, top first
-            for k in range(len(bl) - 1, 0, -1):
-                grad_h.append((grad_h[-1] * fprime[k]) @ weights[k])
-            grad_h.reverse()
+            # dL/dh of each block's output, bottom first
+            grad_h = [*backprop_signals(weights, fprime, grad_output), grad_output.detach()]
         return cls(weights, fprime, fsecond, grad_h, output.detach(), loss)
 
     def apply(self, k: int, v: Tensor) -> Tensor:
@@ -286,16 +296,6 @@ def ubp_sweep(
     return steps[::-1]
 
 
-def backprop_signals(model: nn.Sequential, preacts: list[Tensor], grad_output: Tensor) -> list[Tensor]:
-    """Plain backpropagation's ``dL/dh`` of each block's input, blocks ``1..K-1`` (bottom
-    first): the signals that :func:`ubp_sweep`'s ``LayerStep.signal`` corrects."""
-    bl = blocks(model)
-    dh, out = grad_output.detach(), []
-    with torch.no_grad():
-        for k in reversed(range(1, len(bl))):
-            dh = (dh * bl[k].derivative(preacts[k].detach())) @ bl[k].linear.weight.detach()
-            out.append(dh)
-    return out[::-1]
 
 
 def relative_corrections(steps: list[LayerStep], plain: list[Tensor]) -> list[float]:
@@ -386,7 +386,9 @@ class UBP(torch.optim.Optimizer):
                 self.loss, self.param_groups[0]["lr"], self.hessian,
             )
             if self.monitor:  # before the update: the signals of the weights the sweep saw
-                plain = backprop_signals(self.model, rec["preacts"], rec["grad_output"])
+                weights = [b.linear.weight.detach() for b in self.blocks]
+                fprime = [b.derivative(a) for b, a in zip(self.blocks, rec["preacts"])]
+                plain = backprop_signals(weights, fprime, rec["grad_output"])
                 self.corrections.append(relative_corrections(steps, plain))
         finally:
             self._recording = True
